@@ -1,0 +1,286 @@
+"""CAPIConfig: every option of the library, validated once.
+
+Keyword options to `CAPIMiddleware` / `CAPIWSGIMiddleware` are the fields of this class. A value
+left unset falls back to its ``META_*`` environment variable (`CAPIConfig.from_env`). Errors are
+``ValueError`` naming the option; the repr never shows the access token or the app secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["CAPIConfig", "Destination"]
+
+_PIXEL_ID = re.compile(r"^[0-9]{1,32}$")
+_API_VERSION = re.compile(r"^v[0-9]{1,3}\.[0-9]{1,2}$")
+_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _mask(secret: str | None) -> str:
+    if not secret:
+        return "None"
+    return "'***'"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One pixel to send to, with the token that may write to it.
+
+    Parameters:
+        pixel_id: the dataset (pixel) id, digits only.
+        access_token: a system-user token with ``ads_management`` on the pixel.
+        app_secret: when set, ``appsecret_proof`` is sent with each request.
+        test_event_code: events show under Events Manager → Test Events.
+    """
+
+    pixel_id: str
+    access_token: str = field(repr=False)
+    app_secret: str | None = field(default=None, repr=False)
+    test_event_code: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Destination(pixel_id={self.pixel_id!r}, access_token={_mask(self.access_token)}, "
+            f"app_secret={_mask(self.app_secret)}, test_event_code={self.test_event_code!r})"
+        )
+
+
+@dataclass(frozen=True)
+class CAPIConfig:
+    """All options, validated when the object is built.
+
+    Parameters:
+        pixel_id: the pixel (dataset) id [META_PIXEL_ID].
+        access_token: Conversions API token [META_ACCESS_TOKEN]. Never logged.
+        app_secret: app secret for ``appsecret_proof`` [META_APP_SECRET]. Never logged.
+        test_event_code: route events to Test Events [META_TEST_EVENT_CODE]; a warning is
+            logged at start, since it must not stay on in production.
+        graph_url: Graph API base URL [META_GRAPH_URL]; point it at the fake in tests.
+        api_version: Graph API version, ``vNN.N`` [META_API_VERSION].
+        extra_pixels: more destinations that receive every event too.
+        consent: a policy ``(ctx) -> bool | ConsentDecision`` or a built-in from
+            `capi_middleware.consent`; ``None`` uses the default, which requires an opt-in
+            signal (lawful in the EU). ``True`` grants always (only where no consent is needed).
+        trusted_proxies: IPs / CIDRs whose X-Forwarded-* and Forwarded headers are believed.
+        cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
+            domain of the request's host (Public Suffix List).
+        set_fbp: mint ``_fbp`` when the pixel has not (default True).
+        outbox: path of a SQLite file for durable delivery [META_OUTBOX]; None keeps events in
+            memory.
+        durable: every ``track()`` waits for the outbox commit (default False: group commit).
+        dry_run: build, validate and log events; send nothing [META_DRY_RUN].
+        strict: ``track()`` raises on bad input instead of reporting it on the result.
+        default_country: ISO 3166-1 alpha-2 used to complete phone numbers without a calling
+            code when the event has no country.
+        hash_external_id: hash ``external_id`` (as the pixel does); False sends it as given.
+        partner_agent: sent as ``partner_agent``.
+        enhancement_secret: enables the signed first-party cookie that remembers a visitor's
+            hashed email / phone / external_id to enrich later events (consent-gated).
+        max_queue: events held in memory at most; past it new events are dropped and counted.
+        batch_size: events per Graph request, at most 1000.
+        flush_interval: seconds an event may wait for a fuller batch.
+        timeout: seconds for one Graph request (Meta recommends 1.5).
+        shutdown_timeout: seconds ``close()`` waits for the backlog at shutdown.
+        on_dead_letter: called (in the sender's thread) with each dead-lettered event record.
+    """
+
+    pixel_id: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+    app_secret: str | None = field(default=None, repr=False)
+    test_event_code: str | None = None
+    graph_url: str = "https://graph.facebook.com"
+    api_version: str = "v26.0"
+    extra_pixels: tuple[Destination, ...] = ()
+    consent: Any = None
+    trusted_proxies: tuple[str, ...] = ()
+    cookie_domain: str | None = None
+    set_fbp: bool = True
+    outbox: str | None = None
+    durable: bool = False
+    dry_run: bool = False
+    strict: bool = False
+    default_country: str | None = None
+    hash_external_id: bool = True
+    partner_agent: str | None = "capi-middleware"
+    enhancement_secret: str | None = field(default=None, repr=False)
+    max_queue: int = 100_000
+    batch_size: int = 1000
+    flush_interval: float = 0.5
+    timeout: float = 1.5
+    shutdown_timeout: float = 5.0
+    on_dead_letter: Callable[[Mapping[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.pixel_id is not None:
+            pid = str(self.pixel_id).strip()
+            if not _PIXEL_ID.match(pid):
+                raise ValueError("pixel_id: must be the pixel's numeric id, e.g. '1234567890'")
+            set_(self, "pixel_id", pid)
+        if self.access_token is not None and not str(self.access_token).strip():
+            raise ValueError("access_token: must not be empty")
+        if (self.pixel_id is None) != (self.access_token is None) and not self.dry_run:
+            missing = "access_token" if self.access_token is None else "pixel_id"
+            raise ValueError(f"{missing}: pixel_id and access_token go together")
+        url = str(self.graph_url).rstrip("/")
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("graph_url: must start with https:// (or http:// for a local fake)")
+        set_(self, "graph_url", url)
+        if not _API_VERSION.match(self.api_version):
+            raise ValueError("api_version: must look like 'v26.0'")
+        extra = tuple(self.extra_pixels)
+        for d in extra:
+            if not isinstance(d, Destination):
+                raise ValueError("extra_pixels: each entry must be a capi_middleware.Destination")
+            if not _PIXEL_ID.match(d.pixel_id):
+                raise ValueError("extra_pixels: pixel_id must be numeric")
+        set_(self, "extra_pixels", extra)
+        set_(
+            self,
+            "trusted_proxies",
+            tuple(str(p).strip() for p in coerce_sequence(self.trusted_proxies)),
+        )
+        self.trusted_networks()  # validates
+        if self.cookie_domain is not None:
+            dom = self.cookie_domain.strip().lstrip(".").lower()
+            if not dom or not re.fullmatch(r"[a-z0-9.-]+", dom) or ".." in dom:
+                raise ValueError("cookie_domain: must be a host name such as 'example.com'")
+            set_(self, "cookie_domain", dom)
+        if self.default_country is not None:
+            if not _COUNTRY.match(self.default_country):
+                raise ValueError("default_country: must be an ISO 3166-1 alpha-2 code like 'US'")
+            set_(self, "default_country", self.default_country.upper())
+        if self.consent is not None and not (
+            callable(self.consent) or isinstance(self.consent, bool)
+        ):
+            raise ValueError("consent: must be a callable (ctx) -> bool | decision, or a bool")
+        for name, lo, hi in (("max_queue", 1, 10**8), ("batch_size", 1, 1000)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name}: must be an integer from {lo} to {hi}")
+        for name in ("flush_interval", "timeout", "shutdown_timeout"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{name}: must be a non-negative number of seconds")
+        if self.timeout == 0:
+            raise ValueError("timeout: must be more than 0 seconds")
+        if self.on_dead_letter is not None and not callable(self.on_dead_letter):
+            raise ValueError("on_dead_letter: must be callable")
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("access_token", "app_secret", "enhancement_secret"):
+                parts.append(f"{f.name}={_mask(value)}")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"CAPIConfig({', '.join(parts)})"
+
+    # -- derived values -------------------------------------------------------------------
+
+    def destinations(self) -> tuple[Destination, ...]:
+        """Every pixel an event goes to: the main one first, then `extra_pixels`."""
+        main: tuple[Destination, ...] = ()
+        if self.pixel_id is not None and self.access_token is not None:
+            main = (
+                Destination(
+                    pixel_id=self.pixel_id,
+                    access_token=self.access_token,
+                    app_secret=self.app_secret,
+                    test_event_code=self.test_event_code,
+                ),
+            )
+        return main + self.extra_pixels
+
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        """`trusted_proxies` parsed; raises ValueError naming the option on a bad entry."""
+        nets: list[IPNetwork] = []
+        for entry in self.trusted_proxies:
+            try:
+                nets.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or CIDR network"
+                ) from None
+        return tuple(nets)
+
+    def events_url(self, pixel_id: str) -> str:
+        """The Graph endpoint for one pixel. The token goes in the body, never here."""
+        return f"{self.graph_url}/{self.api_version}/{pixel_id}/events"
+
+    def replace(self, **changes: Any) -> CAPIConfig:
+        return replace(self, **changes)
+
+    # -- environment ----------------------------------------------------------------------
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> CAPIConfig:
+        """Build from ``META_*`` variables; keyword ``overrides`` win over the environment.
+
+        Reads META_PIXEL_ID, META_ACCESS_TOKEN, META_APP_SECRET, META_TEST_EVENT_CODE,
+        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_TRUSTED_PROXIES
+        (comma-separated), META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for option, var in _ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            if option in ("dry_run",):
+                values[option] = _parse_bool(var, raw)
+            elif option == "trusted_proxies":
+                values[option] = tuple(p for p in (s.strip() for s in raw.split(",")) if p)
+            else:
+                values[option] = raw.strip()
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+_ENV_VARS = {
+    "pixel_id": "META_PIXEL_ID",
+    "access_token": "META_ACCESS_TOKEN",
+    "app_secret": "META_APP_SECRET",
+    "test_event_code": "META_TEST_EVENT_CODE",
+    "graph_url": "META_GRAPH_URL",
+    "api_version": "META_API_VERSION",
+    "outbox": "META_OUTBOX",
+    "dry_run": "META_DRY_RUN",
+    "trusted_proxies": "META_TRUSTED_PROXIES",
+    "cookie_domain": "META_COOKIE_DOMAIN",
+    "default_country": "META_DEFAULT_COUNTRY",
+}
+
+
+def _parse_bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{var}: expected true/false, got {raw!r}")
+
+
+def coerce_sequence(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Accept one string or many; used for options such as ``trusted_proxies``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)

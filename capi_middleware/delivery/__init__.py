@@ -1,0 +1,1 @@
+"""The background sender: storage, batching, the Graph client and error classes."""

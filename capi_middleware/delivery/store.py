@@ -1,0 +1,103 @@
+"""Where events wait between ``track()`` and Meta's 200: the seam between sender and storage.
+
+Two stores implement `EventStore`: the bounded in-memory store (default) and the SQLite outbox
+(``outbox=``). The sender only ever talks to this protocol, so batching, retry and
+classification are the same whichever store holds the events.
+
+Rules every store keeps:
+- ``put`` never blocks on the network and never raises into the caller for a full or broken
+  store: it returns how many events it accepted; the rest are the caller's to count as dropped.
+- ``claim`` hands out the oldest due events (``not_before <= now``) that no live lease holds, and
+  leases them for ``lease_seconds``. A leased event is not handed out again until its lease
+  expires (a killed worker's events come back) or it is acknowledged / retried / dead-lettered.
+- ``payload`` is stored once and returned byte for byte, so every retry sends the same bytes
+  and the same event_id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["DeadLetter", "EventStore", "NewEvent", "StoredEvent"]
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event for one pixel, about to be stored."""
+
+    pixel_id: str
+    payload: bytes  # the event's JSON (one element of Meta's ``data`` array)
+    event_id: str
+    event_time: int
+    action_source: str
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as the store holds it."""
+
+    id: int
+    pixel_id: str
+    payload: bytes
+    event_id: str
+    event_time: int
+    action_source: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why an event was given up on; kept by durable stores for inspection and replay."""
+
+    reason: str  # "invalid_event", "too_old", "rejected", ...
+    code: int | None = None
+    subcode: int | None = None
+    message: str = ""  # Meta's error message; never holds the token or raw personal data
+    fbtrace_id: str | None = None
+
+
+class EventStore(Protocol):
+    """Storage for events waiting to be delivered."""
+
+    @property
+    def durable(self) -> bool:
+        """True when accepted events survive a process crash."""
+        ...
+
+    def put(self, events: Sequence[NewEvent], *, wait: bool = False) -> int:
+        """Accept events; return how many were accepted (a prefix of ``events``).
+
+        ``wait=True`` returns only after the events are committed (durable stores); memory stores
+        treat it as a no-op.
+        """
+        ...
+
+    def claim(self, limit: int, *, lease_seconds: float, now: float) -> list[StoredEvent]:
+        """Lease up to ``limit`` due events, oldest first."""
+        ...
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Meta accepted these: forget them (durable stores prune them)."""
+        ...
+
+    def retry(self, ids: Sequence[int], *, not_before: float) -> None:
+        """Release the lease; the events become due again at ``not_before``; attempts += 1."""
+        ...
+
+    def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
+        """Give up on these events, keeping why (durable stores keep the rows)."""
+        ...
+
+    def backlog(self) -> int:
+        """Events accepted and not yet acknowledged or dead-lettered (leased ones included)."""
+        ...
+
+    def next_due(self) -> float | None:
+        """The earliest ``not_before`` among waiting, unleased events; None when there are none."""
+        ...
+
+    def close(self) -> None:
+        """Release files and threads. Events not yet delivered stay (durable) or are lost (memory)."""
+        ...
