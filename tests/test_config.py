@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import pytest
+
+from capi_middleware import CAPIConfig, Destination
+
+TOKEN = "EAABsecret-token-value"
+SECRET = "app-secret-value"
+
+
+def test_minimal_config_and_defaults() -> None:
+    cfg = CAPIConfig(pixel_id="123", access_token=TOKEN)
+    assert cfg.graph_url == "https://graph.facebook.com"
+    assert cfg.api_version == "v26.0"
+    assert cfg.timeout == 1.5
+    assert cfg.batch_size == 1000
+    assert cfg.events_url("123") == "https://graph.facebook.com/v26.0/123/events"
+    assert TOKEN not in cfg.events_url("123")
+    (dest,) = cfg.destinations()
+    assert dest.pixel_id == "123"
+    assert dest.access_token == TOKEN
+
+
+def test_repr_never_shows_secrets() -> None:
+    cfg = CAPIConfig(
+        pixel_id="123",
+        access_token=TOKEN,
+        app_secret=SECRET,
+        enhancement_secret="enh-secret",
+        extra_pixels=(Destination("456", access_token="other-token", app_secret="s2"),),
+    )
+    text = repr(cfg) + str(cfg) + repr(cfg.destinations())
+    for secret in (TOKEN, SECRET, "enh-secret", "other-token", "s2'"):
+        assert secret not in text
+    assert "pixel_id='123'" in text
+
+
+@pytest.mark.parametrize(
+    ("options", "option_named"),
+    [
+        ({"pixel_id": "abc", "access_token": TOKEN}, "pixel_id"),
+        ({"pixel_id": "123"}, "access_token"),
+        ({"access_token": TOKEN}, "pixel_id"),
+        ({"pixel_id": "123", "access_token": "  "}, "access_token"),
+        ({"pixel_id": "1", "access_token": TOKEN, "graph_url": "ftp://x"}, "graph_url"),
+        ({"pixel_id": "1", "access_token": TOKEN, "api_version": "26"}, "api_version"),
+        ({"pixel_id": "1", "access_token": TOKEN, "trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies"),
+        ({"pixel_id": "1", "access_token": TOKEN, "trusted_proxies": ["proxy.local"]}, "trusted_proxies"),
+        ({"pixel_id": "1", "access_token": TOKEN, "cookie_domain": "exa mple.com"}, "cookie_domain"),
+        ({"pixel_id": "1", "access_token": TOKEN, "default_country": "USA"}, "default_country"),
+        ({"pixel_id": "1", "access_token": TOKEN, "consent": "yes"}, "consent"),
+        ({"pixel_id": "1", "access_token": TOKEN, "batch_size": 1001}, "batch_size"),
+        ({"pixel_id": "1", "access_token": TOKEN, "batch_size": 0}, "batch_size"),
+        ({"pixel_id": "1", "access_token": TOKEN, "max_queue": True}, "max_queue"),
+        ({"pixel_id": "1", "access_token": TOKEN, "timeout": 0}, "timeout"),
+        ({"pixel_id": "1", "access_token": TOKEN, "timeout": float("nan")}, "timeout"),
+        ({"pixel_id": "1", "access_token": TOKEN, "flush_interval": -1}, "flush_interval"),
+        ({"pixel_id": "1", "access_token": TOKEN, "on_dead_letter": 3}, "on_dead_letter"),
+        ({"pixel_id": "1", "access_token": TOKEN, "extra_pixels": ("456",)}, "extra_pixels"),
+    ],
+)
+def test_bad_options_name_the_option(options: dict[str, object], option_named: str) -> None:
+    with pytest.raises(ValueError, match=f"^{option_named}:") as info:
+        CAPIConfig(**options)  # type: ignore[arg-type]
+    assert TOKEN not in str(info.value)
+
+
+def test_normalizes_values() -> None:
+    cfg = CAPIConfig(
+        pixel_id=" 123 ",
+        access_token=TOKEN,
+        graph_url="http://127.0.0.1:9999/",
+        cookie_domain=".Example.COM",
+        default_country="us",
+        trusted_proxies="10.0.0.0/8",  # type: ignore[arg-type]
+    )
+    assert cfg.pixel_id == "123"
+    assert cfg.graph_url == "http://127.0.0.1:9999"
+    assert cfg.cookie_domain == "example.com"
+    assert cfg.default_country == "US"
+    assert cfg.trusted_proxies == ("10.0.0.0/8",)
+    assert [str(n) for n in cfg.trusted_networks()] == ["10.0.0.0/8"]
+
+
+def test_dry_run_needs_no_credentials() -> None:
+    cfg = CAPIConfig(dry_run=True)
+    assert cfg.destinations() == ()
+
+
+def test_from_env_reads_meta_variables_and_overrides_win() -> None:
+    env = {
+        "META_PIXEL_ID": "42",
+        "META_ACCESS_TOKEN": TOKEN,
+        "META_APP_SECRET": SECRET,
+        "META_TEST_EVENT_CODE": "TEST123",
+        "META_GRAPH_URL": "http://127.0.0.1:1234",
+        "META_API_VERSION": "v25.0",
+        "META_OUTBOX": "/tmp/x.sqlite3",
+        "META_DRY_RUN": "true",
+        "META_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16",
+        "META_DEFAULT_COUNTRY": "gb",
+    }
+    cfg = CAPIConfig.from_env(env, api_version="v26.0")
+    assert cfg.pixel_id == "42"
+    assert cfg.access_token == TOKEN
+    assert cfg.app_secret == SECRET
+    assert cfg.test_event_code == "TEST123"
+    assert cfg.graph_url == "http://127.0.0.1:1234"
+    assert cfg.api_version == "v26.0"
+    assert cfg.outbox == "/tmp/x.sqlite3"
+    assert cfg.dry_run is True
+    assert cfg.trusted_proxies == ("10.0.0.1", "192.168.0.0/16")
+    assert cfg.default_country == "GB"
+
+
+def test_from_env_bad_bool_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="META_DRY_RUN"):
+        CAPIConfig.from_env({"META_DRY_RUN": "maybe"})
