@@ -228,9 +228,7 @@ class CAPIConfig:
     # -- environment ----------------------------------------------------------------------
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> CAPIConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CAPIConfig:
         """Build from ``META_*`` variables; keyword ``overrides`` win over the environment.
 
         Reads META_PIXEL_ID, META_ACCESS_TOKEN, META_APP_SECRET, META_TEST_EVENT_CODE,

@@ -1,0 +1,7 @@
+"""``python -m capi_middleware`` runs the ``capi-middleware`` command."""
+
+from __future__ import annotations
+
+from capi_middleware.cli import main
+
+raise SystemExit(main())
