@@ -1,0 +1,370 @@
+"""Trusted-proxy client IP resolution (pure).
+
+The trust model is uvicorn's ``middleware/proxy_headers.py``: the connecting peer is the client
+unless the peer is a trusted proxy. Then the forwarding headers are believed, walked right to left
+(each proxy appends the address it received the request from), and the first hop that is not a
+trusted proxy is the client. Everything left of it is the client's own claim and may be forged.
+
+RFC 7239 ``Forwarded`` is preferred over ``X-Forwarded-For`` when a trusted peer sends it. Meta
+must never receive a private, loopback, link-local or reserved address (META_CAPI_REFERENCE.md §3),
+so the answer passes through `sendable_ip`. Nothing here raises on what a visitor sends.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["ForwardedInfo", "ProxyTrust", "resolve_client", "sendable_ip"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The longest address form we parse: "[" IPv6 with an embedded IPv4 and a zone id "]:65535".
+_MAX_ADDRESS_LENGTH = 100
+# A forwarding header past this is hostile or broken. X-Forwarded-For is read from its right end
+# (where trusted proxies append), Forwarded is not read at all.
+MAX_FORWARDED_HEADER = 8 * 1024
+
+_SCHEMES = frozenset({"http", "https", "ws", "wss"})
+_PORT_RE = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]{1,64}")  # RFC 7239 node-port incl. obfport
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?(?::([0-9]{{1,5}}))?")
+_BRACKET_HOST_RE = re.compile(r"\[([0-9a-f:.]{2,45})\](?::([0-9]{1,5}))?")
+# One Forwarded pair: token "=" (token / quoted-string), then an optional separator.
+_FORWARDED_PAIR_RE = re.compile(
+    r'[ \t]*([A-Za-z][A-Za-z0-9_.-]*)[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^;,"\s]*)[ \t]*([;,]?)'
+)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)")
+
+# Not globally routable, yet `is_global` is True for them in some Python versions (the special-
+# purpose registries were only applied fully in 3.11.10 / 3.12.4 / 3.13): documentation, CGNAT,
+# benchmarking, IETF protocol assignments, 6to4 relay anycast, NAT64, 3fff::/20 (RFC 9637).
+_NOT_SENDABLE = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "240.0.0.0/4",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def _split_host_port(value: str) -> str | None:
+    """The address part of ``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``, ``::1``; None for junk."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        rest = value[end + 1 :]
+        if rest and not (rest[0] == ":" and _PORT_RE.fullmatch(rest, 1)):
+            return None
+        return value[1:end]
+    if value.count(":") == 1:  # IPv4 with a port; a bare IPv6 has at least two colons
+        host, _, port = value.partition(":")
+        return host if _PORT_RE.fullmatch(port) else None
+    return value
+
+
+def _parse_ip(value: str) -> IPAddress | None:
+    """An address from a peer or header value, IPv4-mapped IPv6 unwrapped; None for junk."""
+    if not value or len(value) > _MAX_ADDRESS_LENGTH:
+        return None
+    host = _split_host_port(value.strip())
+    if not host:
+        return None
+    host = host.partition("%")[0]  # IPv6 zone id: meaningful only on the proxy's own link
+    try:
+        ip: IPAddress = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d.
+        return ip.ipv4_mapped
+    return ip
+
+
+@functools.lru_cache(maxsize=8192)
+def _sendable(value: str) -> str | None:
+    ip = _parse_ip(value)
+    if ip is None:
+        return None
+    if (
+        not ip.is_global
+        or ip.is_multicast  # is_global is True for most multicast ranges
+        or ip.is_reserved
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_unspecified
+        or ip.is_private
+        or any(ip in net for net in _NOT_SENDABLE)
+    ):
+        return None
+    return str(ip)
+
+
+def sendable_ip(value: str) -> str | None:
+    """``value`` as an address Meta may receive (``client_ip_address``), or None.
+
+    Strips a port (``1.2.3.4:5678``), IPv6 brackets (``[2001:db8::1]:443``), a zone id, and
+    unwraps IPv4-mapped IPv6 (``::ffff:1.2.3.4`` -> ``1.2.3.4``); returns the canonical form.
+    None for private, loopback, link-local, reserved, multicast, unspecified, CGNAT
+    (100.64/10), documentation and benchmarking ranges, and anything that is not an address.
+    Meta §3: never send a private or reserved address. Never raises.
+    """
+    if not isinstance(value, str) or len(value) > _MAX_ADDRESS_LENGTH:
+        return None
+    return _sendable(value)
+
+
+class ProxyTrust:
+    """The proxies whose forwarding headers are believed.
+
+    Parameters:
+        networks: addresses and CIDR networks, from `CAPIConfig.trusted_networks()`. An empty
+            sequence trusts nobody: the peer is always the client.
+
+    Membership answers are cached (bounded), since the same few proxies ask on every request.
+    """
+
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks: tuple[IPNetwork, ...] = tuple(networks)
+        # Single addresses go in a set (one lookup); networks are scanned.
+        self._hosts = frozenset(n.network_address for n in self.networks if n.num_addresses == 1)
+        self._ranges = tuple(n for n in self.networks if n.num_addresses > 1)
+        self._cached: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(self._compute)
+
+    def __repr__(self) -> str:
+        return f"ProxyTrust({[str(n) for n in self.networks]!r})"
+
+    def _compute(self, value: str) -> bool:
+        ip = _parse_ip(value)
+        if ip is None:
+            return False
+        return ip in self._hosts or any(ip in net for net in self._ranges)
+
+    def is_trusted(self, ip: str) -> bool:
+        """True when ``ip`` (bare, or with a port / brackets) is one of the trusted proxies."""
+        if not self.networks or not isinstance(ip, str) or len(ip) > _MAX_ADDRESS_LENGTH:
+            return False
+        return self._cached(ip)
+
+
+@dataclass(frozen=True)
+class ForwardedInfo:
+    """What a request says about its client, once the trust model has been applied.
+
+    Parameters:
+        client_ip: the client's public address (`sendable_ip`), or None.
+        scheme: ``http``/``https``/``ws``/``wss`` from a trusted proxy, else None.
+        host: ``host[:port]`` from a trusted proxy (lowercase, validated), else None.
+    """
+
+    client_ip: str | None
+    scheme: str | None
+    host: str | None
+
+
+_NOTHING = ForwardedInfo(None, None, None)
+
+
+def _list_entries(value: str | None) -> list[str]:
+    """Comma-separated header entries, stripped, empties dropped (they carry no claim)."""
+    if not value:
+        return []
+    return [e for e in (part.strip() for part in value.split(",")) if e]
+
+
+def _unquote(raw: str) -> str:
+    if raw.startswith('"'):
+        return _QUOTED_PAIR_RE.sub(r"\1", raw[1:-1])
+    return raw
+
+
+def _parse_forwarded(value: str) -> list[dict[str, str]]:
+    """RFC 7239 elements, each ``{param: value}`` (lowercase names, first occurrence wins).
+
+    Tolerant: a pair that does not parse is skipped up to the next ``;`` or ``,``.
+    """
+    elements: list[dict[str, str]] = [{}]
+    pos, end = 0, len(value)
+    while pos < end:
+        match = _FORWARDED_PAIR_RE.match(value, pos)
+        if match is not None and match.end() > pos:
+            elements[-1].setdefault(match[1].lower(), _unquote(match[2]))
+            pos = match.end()
+            separator = match[3]
+            if separator or pos >= end:
+                if separator == ",":
+                    elements.append({})
+                continue
+        # Junk: resume after the next separator.
+        cuts = [i for i in (value.find(";", pos), value.find(",", pos)) if i >= 0]
+        if not cuts:
+            break
+        pos = min(cuts)
+        if value[pos] == ",":
+            elements.append({})
+        pos += 1
+    return [e for e in elements if e]
+
+
+def _forwarded_node(element: Mapping[str, str]) -> str | None:
+    """The ``for=`` node of an element; None when absent, ``unknown`` or obfuscated (``_x``)."""
+    node = element.get("for")
+    if not node or node.lower() == "unknown" or node.startswith("_"):
+        return None
+    return node
+
+
+def _choose_hop(nodes: Sequence[str | None], trust: ProxyTrust) -> tuple[int, str | None]:
+    """(index, node) of the client: the first untrusted hop from the right.
+
+    An unresolvable hop stops the walk (we cannot tell who is behind it). When every hop is a
+    trusted proxy, the leftmost is the client (uvicorn#1068: the client is itself a proxy).
+    """
+    for index in range(len(nodes) - 1, -1, -1):
+        node = nodes[index]
+        if node is None or not trust.is_trusted(node):
+            return index, node
+    return 0, nodes[0]
+
+
+def _scheme(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    return value if value in _SCHEMES else None
+
+
+def _host(value: str | None) -> str | None:
+    """A forwarded ``host[:port]``, lowercase, when it is a well-formed host; else None."""
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if not value or len(value) > 260:
+        return None
+    if value.startswith("["):
+        match = _BRACKET_HOST_RE.fullmatch(value)
+        if match is None:
+            return None
+        try:
+            ipaddress.IPv6Address(match[1])
+        except ValueError:
+            return None
+        port = match[2]
+    else:
+        match = _HOST_RE.fullmatch(value)
+        if match is None:
+            return None
+        port = match[1]
+    if port is not None and int(port) > 65535:
+        return None
+    return value
+
+
+def _pick(values: Sequence[str], index: int | None, hops: int) -> str | None:
+    """The entry for the chosen hop when the list lines up with the hops, else the last."""
+    if not values:
+        return None
+    if index is not None and len(values) == hops:
+        return values[index]
+    return values[-1]
+
+
+def _from_elements(
+    elements: Sequence[Mapping[str, str]], index: int | None, key: str
+) -> str | None:
+    """The chosen element's ``key``, else the rightmost element that has one."""
+    if index is not None and key in elements[index]:
+        return elements[index][key]
+    for element in reversed(elements):
+        if key in element:
+            return element[key]
+    return None
+
+
+def resolve_client(
+    peer: str | None, headers: Mapping[str, str], trust: ProxyTrust
+) -> ForwardedInfo:
+    """The client's address, scheme and host for one request.
+
+    ``peer`` is the connecting address (ASGI ``scope["client"][0]``, WSGI ``REMOTE_ADDR``);
+    ``headers`` maps lowercase names to values (repeated headers joined with ``", "``).
+    Only when the peer is trusted are ``Forwarded`` (preferred, when it names a ``for``) or
+    ``X-Forwarded-For`` walked, and ``proto``/``X-Forwarded-Proto`` and ``host``/
+    ``X-Forwarded-Host`` read, each taking the entry of the chosen hop or else the last.
+    Never raises: junk gives None fields.
+    """
+    try:
+        return _resolve(peer, headers, trust)
+    except Exception:  # pragma: no cover - defensive: this runs inside the host app's request
+        return _NOTHING
+
+
+def _resolve(peer: str | None, headers: Mapping[str, str], trust: ProxyTrust) -> ForwardedInfo:
+    if peer is None or not trust.is_trusted(peer):
+        return ForwardedInfo(sendable_ip(peer) if peer else None, None, None)
+
+    forwarded = headers.get("forwarded")
+    elements: list[dict[str, str]] = []
+    forwarded_oversized = False
+    if forwarded:
+        if len(forwarded) > MAX_FORWARDED_HEADER:
+            forwarded_oversized = True
+        else:
+            elements = _parse_forwarded(forwarded)
+
+    xff = headers.get("x-forwarded-for")
+    xff_truncated = False
+    if xff and len(xff) > MAX_FORWARDED_HEADER:
+        # Trusted proxies append on the right, so the right end is what can be believed; the
+        # first entry of the cut is dropped, since it may be a fragment.
+        xff = xff[-MAX_FORWARDED_HEADER:].partition(",")[2]
+        xff_truncated = True
+    xff_entries = _list_entries(xff)
+    xfp_entries = _list_entries(headers.get("x-forwarded-proto"))
+    xfh_entries = _list_entries(headers.get("x-forwarded-host"))
+
+    client: str | None
+    if forwarded_oversized:
+        client = None
+        scheme_value = _pick(xfp_entries, None, 0)
+        host_value = _pick(xfh_entries, None, 0)
+    elif any("for" in e for e in elements):
+        index, node = _choose_hop([_forwarded_node(e) for e in elements], trust)
+        client = sendable_ip(node) if node is not None else None
+        scheme_value = _from_elements(elements, index, "proto") or _pick(xfp_entries, None, 0)
+        host_value = _from_elements(elements, index, "host") or _pick(xfh_entries, None, 0)
+    else:
+        if xff_entries:
+            index, node = _choose_hop(xff_entries, trust)
+            if xff_truncated and index == 0 and trust.is_trusted(xff_entries[0]):
+                node = None  # all trusted, but the real leftmost entry was cut off
+            client = sendable_ip(node) if node is not None else None
+            hops: int = len(xff_entries)
+            chosen: int | None = index
+        else:
+            client, hops, chosen = sendable_ip(peer), 0, None
+        scheme_value = _pick(xfp_entries, chosen, hops) or _from_elements(elements, None, "proto")
+        host_value = _pick(xfh_entries, chosen, hops) or _from_elements(elements, None, "host")
+
+    return ForwardedInfo(client, _scheme(scheme_value), _host(host_value))
