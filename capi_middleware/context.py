@@ -1,0 +1,793 @@
+"""RequestContext: what one request carries for Meta, and ``track()``.
+
+The ASGI and WSGI adapters hand `CapturePipeline.capture` what they read from the request (peer
+address, scheme, server, raw path, query string, headers as a lowercase dict); the pipeline runs
+client IP resolution, cookie reading, consent and the cookie plan, and returns a `RequestContext`.
+The app finds it at ``request.state.capi`` / ``environ["capi"]`` / `current()`, and calls
+``ctx.track(...)``, which builds the event with `events.build_event` and hands its Meta-shaped
+dict to the background sender. Nothing here does network I/O or raises into the request (except
+`CAPIValidationError` with ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import html
+import logging
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from capi_middleware import client_ip as client_ip_rules
+from capi_middleware import cookies as cookie_rules
+from capi_middleware import events as event_rules
+from capi_middleware.config import CAPIConfig
+from capi_middleware.consent import ConsentDecision, default_policy, evaluate
+from capi_middleware.enhancement import EnhancementCookie, Remembered, remembered_from_user_data
+from capi_middleware.errors import CAPIValidationError, Problem
+from capi_middleware.pixel import render_fbq_track
+
+if TYPE_CHECKING:
+    from capi_middleware.delivery.sender import Sender
+
+__all__ = [
+    "CapturePipeline",
+    "CaptureStats",
+    "RequestContext",
+    "TrackResult",
+    "TrackStatus",
+    "current",
+]
+
+logger = logging.getLogger("capi_middleware")
+
+TrackStatus = Literal["queued", "denied", "invalid", "dropped", "dry_run", "error"]
+"""What became of one ``track()`` call.
+
+- ``queued``: handed to the sender (in memory, or committed to the outbox with ``durable``).
+- ``denied``: the visitor's consent does not allow it; nothing stored, nothing sent.
+- ``invalid``: the event breaks a Meta rule (``problems`` say which); nothing sent.
+- ``dropped``: the sender could not take it (queue full, closed, no pixel configured).
+- ``dry_run``: built, validated and logged; ``dry_run=True`` sends nothing.
+- ``error``: capi_middleware failed internally (logged); the request goes on.
+"""
+
+# Caps on what a client can make us hold or forward. Browsers send far less; past these a
+# value is junk or an attack, and capping keeps capture's cost flat.
+MAX_HEADER_CHARS = 8192
+MAX_COOKIE_HEADER_CHARS = 16384
+MAX_USER_AGENT_CHARS = 1024
+MAX_URL_CHARS = 4096
+
+_EMPTY: Mapping[str, str] = {}
+# RFC 1123 host names (underscores tolerated, as some internal names have them), an IPv4
+# literal, or a bracketed IPv6 literal; then an optional port. Anything else in Host is junk.
+_HOST = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?"
+    r"|\[[0-9a-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+_DEFAULT_PORT = {"http": "80", "https": "443"}
+# A referrer we pass on: http(s), a host, and only visible ASCII (browsers percent-encode).
+_REFERRER = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f-\uffff/?#]+[\x21-\x7e]*")
+_NOT_URL_SAFE = re.compile(r"[^\x21-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "capi_middleware_request_context", default=None
+)
+
+
+def current() -> RequestContext | None:
+    """The RequestContext of the request being handled, or None outside one.
+
+    Set by the middleware around the app call, so code deep in the app (a service function, a
+    signal handler) can ``capi_middleware.current().track(...)`` without being handed the request.
+    """
+    return _current.get()
+
+
+def activate(ctx: RequestContext) -> contextvars.Token[RequestContext | None]:
+    """Make ``ctx`` what `current()` returns; pass the token to `deactivate` afterwards."""
+    return _current.set(ctx)
+
+
+def deactivate(token: contextvars.Token[RequestContext | None]) -> None:
+    """Undo `activate`."""
+    _current.reset(token)
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """What ``track()`` did with one event.
+
+    Parameters:
+        event_id: the event's id; give it to the page's ``fbq(..., {eventID})`` so Meta merges
+            the pixel's event with this one (META_CAPI_REFERENCE §6).
+        status: see `TrackStatus`.
+        problems: every problem found (fatal ones make the status ``invalid``; others are
+            values that were dropped while the event still went out).
+        event_name: the Meta event name (GA4 names mapped).
+        custom_data: the event's Meta-shaped custom_data, for the pixel call.
+    """
+
+    event_id: str
+    status: TrackStatus
+    problems: tuple[Problem, ...] = ()
+    event_name: str = ""
+    custom_data: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the event was accepted (queued, or built in dry-run mode)."""
+        return self.status in ("queued", "dry_run")
+
+    def fbq(self) -> str:
+        """The pixel call for the same event and event_id, safe inside ``<script>``."""
+        return render_fbq_track(self.event_name, self.custom_data, self.event_id)
+
+    def pixel_snippet(self, *, nonce: str | None = None) -> str:
+        """``<script>fbq(...)</script>`` for a template; ``nonce`` for a CSP ``script-src``."""
+        attr = f' nonce="{html.escape(nonce, quote=True)}"' if nonce else ""
+        return f"<script{attr}>{self.fbq()}</script>"
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """The middleware's own counters, beside the sender's delivery stats.
+
+    Parameters:
+        requests: http requests captured.
+        capture_errors: requests whose capture or cookie handling failed inside this package
+            (the request still went on).
+        consent_denied: ``track()`` calls refused for want of consent.
+        invalid: ``track()`` calls rejected as invalid, by the field of each fatal problem.
+        track_errors: ``track()`` calls that failed inside this package.
+        dry_run: events built and logged without sending.
+        delivery: the sender's stats, or None while no event was ever tracked.
+    """
+
+    requests: int
+    capture_errors: int
+    consent_denied: int
+    invalid: Mapping[str, int]
+    track_errors: int
+    dry_run: int
+    delivery: Any = None
+
+
+class RequestContext:
+    """What one request carries for Meta, and the way to send events from it.
+
+    Attributes (read them, don't set them):
+        client_ip: the visitor's public IP (trusted proxies honoured), or None.
+        user_agent: the User-Agent header (control characters removed, capped), or None.
+        fbp: a valid ``_fbp`` cookie, or the one minted for this response (with consent).
+        fbc: a valid ``_fbc`` cookie, or the one minted from ``fbclid`` (with consent).
+        fbclid: the click id from the query string, else from the Referer, byte for byte.
+        event_source_url: the page's URL as the browser asked for it.
+        referrer_url: the Referer, when it is an http(s) URL.
+        consent: the `ConsentDecision` for this request.
+        secure: True when the visitor reached us over https.
+    """
+
+    __slots__ = (
+        "_cookies",
+        "_error",
+        "_headers",
+        "_lock",
+        "_pipeline",
+        "_remembered",
+        "_response_started",
+        "_set_cookie",
+        "client_ip",
+        "consent",
+        "event_source_url",
+        "fbc",
+        "fbclid",
+        "fbp",
+        "referrer_url",
+        "secure",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        pipeline: CapturePipeline,
+        *,
+        headers: Mapping[str, str] = _EMPTY,
+        cookies: Mapping[str, str] = _EMPTY,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        fbp: str | None = None,
+        fbc: str | None = None,
+        fbclid: str | None = None,
+        event_source_url: str | None = None,
+        referrer_url: str | None = None,
+        secure: bool = False,
+        consent: ConsentDecision | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._headers = headers
+        self._cookies = cookies
+        self._error = error
+        self._remembered: Remembered | None = None
+        self._response_started = False
+        self._set_cookie: list[str] = []
+        self._lock: threading.Lock | None = None
+        self.client_ip = client_ip
+        self.user_agent = user_agent
+        self.fbp = fbp
+        self.fbc = fbc
+        self.fbclid = fbclid
+        self.event_source_url = event_source_url
+        self.referrer_url = referrer_url
+        self.secure = secure
+        self.consent = consent if consent is not None else _UNDECIDED
+
+    def __repr__(self) -> str:
+        # IPs, user agents and click ids identify a person: show only which are present.
+        present = [
+            name
+            for name in ("client_ip", "user_agent", "fbp", "fbc", "fbclid", "event_source_url")
+            if getattr(self, name) is not None
+        ]
+        return f"RequestContext(present={present}, consent={self.consent!r})"
+
+    # -- ConsentSignals ---------------------------------------------------------------------
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        """The request's cookies, name -> value (first occurrence wins)."""
+        return self._cookies
+
+    def header(self, name: str) -> str | None:
+        """A request header by name (any case); repeated headers joined with ``", "``."""
+        return self._headers.get(name.lower())
+
+    # -- the app's API ----------------------------------------------------------------------
+
+    def track(
+        self,
+        event_name: str,
+        *,
+        user_data: Mapping[str, Any] | None = None,
+        custom_data: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        event_time: Any = None,
+        action_source: str | None = None,
+        durable: bool | None = None,
+        **custom_data_fields: Any,
+    ) -> TrackResult:
+        """Send one event to Meta in the background, with this request's match keys.
+
+        ``client_ip_address``, ``client_user_agent``, ``fbc``, ``fbp``, ``event_source_url`` and
+        ``referrer_url`` come from the request; keys given in ``user_data`` win (give one as None
+        to leave it out). ``custom_data`` fields may be passed as keywords (``value=9.99,
+        currency="USD"``). Never blocks on the network; never raises unless ``strict=True`` and the
+        input is invalid (`CAPIValidationError`).
+        """
+        try:
+            return self._pipeline.track(
+                self,
+                event_name,
+                user_data=user_data,
+                custom_data=custom_data,
+                event_id=event_id,
+                event_time=event_time,
+                action_source=action_source,
+                durable=durable,
+                custom_data_fields=custom_data_fields,
+            )
+        except CAPIValidationError:
+            raise  # only raised with strict=True, on purpose
+        except Exception as exc:
+            self._pipeline.count("track_errors")
+            _log_internal_error("track()", exc)
+            return TrackResult(
+                event_id=event_id if isinstance(event_id, str) and event_id else _new_id(),
+                status="error",
+                problems=(Problem("track", "internal error in capi_middleware; see the log"),),
+                event_name=event_name if isinstance(event_name, str) else "",
+            )
+
+    def fbq(self, event_name: str, *, event_id: str | None = None, **custom_data: Any) -> str:
+        """The pixel call ``fbq('track', name, {...}, {eventID})`` for a page to run.
+
+        Use it with ``track(..., event_id=same_id)`` so Meta deduplicates the two.
+        """
+        return render_fbq_track(
+            event_rules.map_event_name(event_name), custom_data, event_id or _new_id()
+        )
+
+    # -- the adapters' API ------------------------------------------------------------------
+
+    def take_set_cookies(self) -> list[str]:
+        """Set-Cookie values for the response head, and mark the response as started.
+
+        Called by the ASGI/WSGI adapter once, when the response starts; later ``track()`` calls
+        can no longer add cookies.
+        """
+        self._response_started = True
+        cookies = self._set_cookie
+        self._set_cookie = []
+        return cookies
+
+    @property
+    def failed(self) -> bool:
+        """True when capture failed and this context only reports errors."""
+        return self._error is not None
+
+
+_UNDECIDED = ConsentDecision(granted=False, reason="undecided")
+_CAPTURE_FAILED = ConsentDecision(granted=False, reason="capture_error")
+
+
+class CapturePipeline:
+    """Everything derived from a config once, and the per-request capture and track steps.
+
+    One per middleware instance; shared by every request (and thread, under WSGI).
+
+    Parameters:
+        config: the validated options.
+    """
+
+    def __init__(self, config: CAPIConfig) -> None:
+        self.config = config
+        self._trust = client_ip_rules.ProxyTrust(config.trusted_networks())
+        self._has_trust = bool(config.trusted_proxies)
+        consent_option = config.consent
+        self._policy: Any = default_policy() if consent_option is None else consent_option
+        self._enhancement = (
+            EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
+        )
+        self._sender: Sender | None = None
+        self._sender_lock = threading.Lock()
+        self._counts_lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._invalid: Counter[str] = Counter()
+        if not config.destinations() and not config.dry_run:
+            logger.warning(
+                "capi_middleware: no pixel_id/access_token configured; events will be dropped "
+                "(set META_PIXEL_ID and META_ACCESS_TOKEN, or dry_run=True)"
+            )
+
+    def __repr__(self) -> str:
+        return f"CapturePipeline(config={self.config!r})"
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to one of the middleware's counters (thread-safe)."""
+        with self._counts_lock:
+            self._counts[name] += n
+
+    def stats(self) -> CaptureStats:
+        """A snapshot of the counters, with the sender's stats when it exists."""
+        with self._counts_lock:
+            counts = dict(self._counts)
+            invalid = dict(self._invalid)
+        sender = self._sender
+        return CaptureStats(
+            requests=counts.get("requests", 0),
+            capture_errors=counts.get("capture_errors", 0),
+            consent_denied=counts.get("consent_denied", 0),
+            invalid=invalid,
+            track_errors=counts.get("track_errors", 0),
+            dry_run=counts.get("dry_run", 0),
+            delivery=sender.stats() if sender is not None else None,
+        )
+
+    # -- capture ----------------------------------------------------------------------------
+
+    def failed_context(self, what: str) -> RequestContext:
+        """A context for a request whose capture failed: no cookies; track() reports error."""
+        return RequestContext(self, consent=_CAPTURE_FAILED, error=what)
+
+    def capture(
+        self,
+        *,
+        peer: str | None,
+        scheme: str,
+        server: tuple[str, int | None] | None,
+        raw_path: str,
+        query_string: str,
+        headers: Mapping[str, str],
+    ) -> RequestContext:
+        """Build the RequestContext of one request. Adapters guard the call.
+
+        Parameters:
+            peer: the TCP peer's address (no port).
+            scheme: ``http`` or ``https`` as the server saw it.
+            server: the server's (host, port), used when the Host header is missing or junk.
+            raw_path: the path as the browser sent it (percent-encoding kept), latin-1 text.
+            query_string: the raw query string, latin-1 text, without ``?``.
+            headers: lowercase names -> latin-1 values, repeats joined, values capped.
+        """
+        with self._counts_lock:
+            self._counts["requests"] += 1
+        get = headers.get
+
+        # Client IP, and scheme/host from a trusted proxy (uvicorn's proxy_headers model:
+        # forwarded headers are believed only from a trusted peer).
+        if self._has_trust:
+            info = client_ip_rules.resolve_client(peer, headers, self._trust)
+            client_ip = info.client_ip
+            scheme = info.scheme or scheme
+            host = _valid_host(info.host) or _valid_host(get("host"))
+        else:
+            client_ip = _sendable_ip(peer) if peer else None
+            host = _valid_host(get("host"))
+        scheme = scheme.lower()
+        if scheme not in _DEFAULT_PORT:
+            scheme = "https" if scheme == "wss" else "http"
+        if host is None and server is not None:
+            host = _host_from_server(server, scheme)
+        elif host is not None:
+            host = _strip_default_port(host, scheme)
+
+        cookie_header = get("cookie")
+        cookies = cookie_rules.parse_cookie_header(cookie_header) if cookie_header else _EMPTY
+        referer = get("referer")
+        fbclid = None
+        # fbclid is rare; skip the parse unless its name appears at all.
+        if "fbclid" in query_string or (referer is not None and "fbclid" in referer):
+            fbclid = cookie_rules.extract_fbclid(query_string, referer)
+        fbp = cookies.get(cookie_rules.FBP_COOKIE)
+        if fbp is not None and not cookie_rules.is_valid_fbp(fbp):
+            fbp = None  # a malformed cookie is ignored, never echoed back (reference §4)
+        fbc = cookies.get(cookie_rules.FBC_COOKIE)
+        if fbc is not None and not cookie_rules.is_valid_fbc(fbc):
+            fbc = None
+
+        ctx = RequestContext(
+            self,
+            headers=headers,
+            cookies=cookies,
+            client_ip=client_ip,
+            user_agent=_clean_user_agent(get("user-agent")),
+            fbp=fbp,
+            fbc=fbc,
+            fbclid=fbclid,
+            event_source_url=_page_url(scheme, host, raw_path, query_string),
+            referrer_url=_clean_referrer(referer),
+            secure=scheme == "https",
+        )
+        # Consent comes before any cookie is set or any event queued.
+        decision = evaluate(self._policy, ctx)
+        ctx.consent = decision
+        if decision.granted and host is not None:
+            try:
+                plan = cookie_rules.plan_cookies(
+                    host=_hostname(host),
+                    secure=ctx.secure,
+                    cookies=cookies,
+                    fbclid=fbclid,
+                    cookie_domain=self.config.cookie_domain,
+                    set_fbp=self.config.set_fbp,
+                    now_ms=int(time.time() * 1000),
+                )
+            except Exception as exc:
+                # Keep the request and the context; only the cookies are lost.
+                self.count("capture_errors")
+                _log_internal_error("cookie planning", exc)
+            else:
+                ctx.fbc = plan.fbc
+                ctx.fbp = plan.fbp
+                if plan.set_cookie:
+                    ctx._set_cookie.extend(plan.set_cookie)
+        return ctx
+
+    # -- track ------------------------------------------------------------------------------
+
+    def track(
+        self,
+        ctx: RequestContext,
+        event_name: str,
+        *,
+        user_data: Mapping[str, Any] | None,
+        custom_data: Mapping[str, Any] | None,
+        event_id: str | None,
+        event_time: Any,
+        action_source: str | None,
+        durable: bool | None,
+        custom_data_fields: Mapping[str, Any],
+    ) -> TrackResult:
+        """``RequestContext.track``'s body; see there."""
+        config = self.config
+        name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+        merged_custom: dict[str, Any] = dict(custom_data) if custom_data else {}
+        merged_custom.update(custom_data_fields)
+
+        if ctx._error is not None:
+            return TrackResult(
+                event_id=event_id or _new_id(),
+                status="error",
+                problems=(Problem("request", f"capture failed ({ctx._error}); see the log"),),
+                event_name=name,
+            )
+        decision = ctx.consent
+        if not decision.granted:
+            self.count("consent_denied")
+            return TrackResult(
+                event_id=event_id or event_rules.new_event_id(), status="denied", event_name=name
+            )
+
+        request_data: dict[str, Any] = {}
+        if ctx.client_ip is not None:
+            request_data["client_ip_address"] = ctx.client_ip
+        if ctx.user_agent is not None:
+            request_data["client_user_agent"] = ctx.user_agent
+        if ctx.fbc is not None:
+            request_data["fbc"] = ctx.fbc
+        if ctx.fbp is not None:
+            request_data["fbp"] = ctx.fbp
+        remembered: Remembered = {}
+        if self._enhancement is not None:
+            remembered = self._remembered(ctx)
+            if remembered:
+                given = _meta_keys(user_data)
+                for key, values in remembered.items():
+                    if key not in given:
+                        request_data[key] = list(values)
+        if user_data:
+            # Explicit keys win; a key given as None leaves the request's value out.
+            request_data.update(user_data)
+        user = {k: v for k, v in request_data.items() if v is not None}
+
+        built = event_rules.build_event(
+            event_name,
+            user_data=user,
+            custom_data=merged_custom,
+            event_id=event_id,
+            event_time=event_time,
+            action_source=action_source,
+            event_source_url=ctx.event_source_url,
+            referrer_url=ctx.referrer_url,
+            ldu=decision.ldu,
+            default_country=config.default_country,
+            hash_external_id=config.hash_external_id,
+        )
+        event = built.event
+        if event is None:
+            fatal = [p for p in built.problems if p.fatal] or list(built.problems)
+            with self._counts_lock:
+                for problem in fatal:
+                    self._invalid[problem.field] += 1
+            if config.strict:
+                raise CAPIValidationError(built.problems)
+            logger.warning(
+                "capi_middleware: %s event not sent: %s",
+                name or "unnamed",
+                "; ".join(str(p) for p in fatal),
+            )
+            return TrackResult(
+                event_id=event_id or event_rules.new_event_id(),
+                status="invalid",
+                problems=built.problems,
+                event_name=name,
+            )
+        if config.strict and built.problems:
+            raise CAPIValidationError(built.problems)
+
+        if self._enhancement is not None and not ctx._response_started:
+            self._remember(ctx, remembered, event.user_data)
+
+        result_args: dict[str, Any] = {
+            "event_id": event.event_id,
+            "problems": built.problems,
+            "event_name": event.event_name,
+            "custom_data": event.custom_data,
+        }
+        if config.dry_run:
+            self.count("dry_run")
+            logger.info(
+                "capi_middleware dry_run: %s event_id=%s (not sent)",
+                event.event_name,
+                event.event_id,
+            )
+            return TrackResult(status="dry_run", **result_args)
+
+        sender = self.sender()
+        outcome = sender.submit(
+            event.to_dict(), durable=config.durable if durable is None else durable
+        )
+        status: TrackStatus = "queued" if _accepted(outcome) else "dropped"
+        return TrackResult(status=status, **result_args)
+
+    # -- the sender -------------------------------------------------------------------------
+
+    def sender(self) -> Sender:
+        """The process's sender for this config, obtained on first use (never at import)."""
+        sender = self._sender
+        if sender is None:
+            with self._sender_lock:
+                sender = self._sender
+                if sender is None:
+                    from capi_middleware.delivery.sender import get_sender
+
+                    sender = get_sender(self.config)
+                    self._sender = sender
+        return sender
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every tracked event is delivered or given up on; True when all were."""
+        sender = self._sender
+        return True if sender is None else sender.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush and stop the sender; a later track() obtains a fresh one."""
+        with self._sender_lock:
+            sender, self._sender = self._sender, None
+        if sender is None:
+            return True
+        return sender.close(timeout if timeout is not None else self.config.shutdown_timeout)
+
+    # -- the enhancement cookie ---------------------------------------------------------------
+
+    def _remembered(self, ctx: RequestContext) -> Remembered:
+        assert self._enhancement is not None
+        if ctx._remembered is None:
+            ctx._remembered = self._enhancement.load(
+                ctx._cookies.get(self._enhancement.cookie_name)
+            )
+        return ctx._remembered
+
+    def _remember(
+        self, ctx: RequestContext, before: Remembered, user_data: Mapping[str, Any]
+    ) -> None:
+        codec = self._enhancement
+        assert codec is not None
+        after = remembered_from_user_data(user_data)
+        merged = dict(before)
+        merged.update(after)
+        if merged == before:
+            return
+        ctx._remembered = merged
+        cookie = codec.render_set_cookie(codec.dump(merged), secure=ctx.secure)
+        name = codec.cookie_name + "="
+        # One enhancement cookie per response: a later track() replaces an earlier one.
+        ctx._set_cookie = [c for c in ctx._set_cookie if not c.startswith(name)]
+        ctx._set_cookie.append(cookie)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _accepted(outcome: object) -> bool:
+    """Read the sender's SubmitStatus (an enum, a string or a bool) as accepted or not."""
+    if isinstance(outcome, bool):
+        return outcome
+    accepted = getattr(outcome, "accepted", None)
+    if isinstance(accepted, bool):
+        return accepted
+    value = getattr(outcome, "value", outcome)
+    return str(value).lower() in ("accepted", "queued", "enqueued", "stored", "committed")
+
+
+def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
+    """The Meta keys a user_data mapping sets, friendly names translated (email -> em)."""
+    if not user_data:
+        return set()
+    from capi_middleware.normalize import FRIENDLY_KEYS
+
+    return {FRIENDLY_KEYS.get(k, k) for k in user_data}
+
+
+_ip_cache: dict[str, str | None] = {}
+
+
+def _sendable_ip(peer: str) -> str | None:
+    """client_ip.sendable_ip, memoized: the same visitors and proxies come back again and again."""
+    try:
+        return _ip_cache[peer]
+    except KeyError:
+        pass
+    value = client_ip_rules.sendable_ip(peer)
+    if len(_ip_cache) >= 4096:
+        _ip_cache.clear()  # bounded; a clear is cheaper than LRU bookkeeping per request
+    _ip_cache[peer] = value
+    return value
+
+
+def _valid_host(value: str | None) -> str | None:
+    """The Host header, lowercased, when it is a host name or IP literal with an optional port."""
+    if not value or len(value) > 261:
+        return None
+    value = value.lower()
+    return value if _HOST.fullmatch(value) else None
+
+
+def _strip_default_port(host: str, scheme: str) -> str:
+    # Browsers omit the scheme's default port from the page URL.
+    default = _DEFAULT_PORT[scheme]
+    if host.endswith(default) and host[: -len(default)].endswith(":"):
+        return host[: -len(default) - 1]
+    return host
+
+
+def _host_from_server(server: tuple[str, int | None], scheme: str) -> str | None:
+    host, port = server[0], server[1] if len(server) > 1 else None
+    if not isinstance(host, str) or not host:
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    if port is not None and str(port) != _DEFAULT_PORT[scheme]:
+        host = f"{host}:{port}"
+    return _valid_host(host)
+
+
+def _hostname(host: str) -> str:
+    """``host[:port]`` -> host; ``[::1]:8000`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1 : host.index("]")]
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def _page_url(scheme: str, host: str | None, raw_path: str, query_string: str) -> str | None:
+    """scheme://host + the path and query as the browser sent them (capped, never invalid)."""
+    if host is None:
+        return None
+    path = raw_path if raw_path.startswith("/") else "/" + raw_path
+    if _NOT_URL_SAFE.search(path):
+        path = _escape(path)
+    url = f"{scheme}://{host}{path}"
+    if query_string:
+        if _NOT_URL_SAFE.search(query_string):
+            query_string = _escape(query_string)
+        url = f"{url}?{query_string}"
+    if len(url) > MAX_URL_CHARS:
+        # Keep the page, lose the tail: the query goes first (tracking parameters, mostly).
+        base = f"{scheme}://{host}{path}"
+        url = base if len(base) <= MAX_URL_CHARS else base[:MAX_URL_CHARS]
+        if url[-1:] == "%" or url[-2:-1] == "%":
+            url = url[: url.rindex("%")]  # never end inside a %XX escape
+    return url
+
+
+def _escape(text: str) -> str:
+    """Percent-encode bytes a browser would have encoded (spaces, controls, non-ASCII)."""
+    return "".join(
+        c if "\x21" <= c <= "\x7e" else "".join(f"%{b:02X}" for b in c.encode("latin-1", "replace"))
+        for c in text
+    )
+
+
+def _clean_user_agent(value: str | None) -> str | None:
+    if not value:
+        return None
+    if len(value) > MAX_USER_AGENT_CHARS:
+        value = value[:MAX_USER_AGENT_CHARS]
+    if _CONTROL.search(value):
+        value = _CONTROL.sub("", value)
+    value = value.strip()
+    return value or None
+
+
+def _clean_referrer(value: str | None) -> str | None:
+    if not value or len(value) > MAX_URL_CHARS:
+        return None  # a cut URL would point elsewhere; better none
+    return value if _REFERRER.fullmatch(value) else None
+
+
+def _log_internal_error(where: str, exc: BaseException) -> None:
+    """Log our own failure without the exception's message (it may quote personal data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    at = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}" if last else ""
+    logger.error(
+        "capi_middleware: internal error in %s: %s%s; the request goes on",
+        where,
+        type(exc).__name__,
+        at,
+    )
