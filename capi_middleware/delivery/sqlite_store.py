@@ -1,0 +1,1010 @@
+"""The durable `EventStore`: a SQLite outbox that survives crashes, shared by worker processes.
+
+How it keeps its promises (the design is written up in docs/outbox.md):
+
+- ``put`` appends to an in-memory list and wakes one writer thread, which commits what has
+  gathered every ``commit_interval`` seconds in one transaction (group commit). The request
+  thread never touches the file; ``put(..., wait=True)`` blocks until its group is committed.
+- Rows are JSON text (never pickle), the file is created mode 0600, the journal is WAL and a
+  ``busy_timeout`` lets several processes (gunicorn ``-w 4``) share one file.
+- ``claim`` leases rows atomically across processes (``BEGIN IMMEDIATE``): a row leased by one
+  worker is not handed to another until the lease ends, so a killed worker's events come back.
+- When the file cannot be opened or written (read-only, deleted directory, disk full), ``put``
+  still succeeds: events wait in a bounded memory buffer that ``claim`` also serves, each kind
+  of error is logged once, and the writer retries the disk every ``reopen_interval`` seconds.
+
+Times: ``claim(now=...)``, ``retry(not_before=...)`` and the leases stored in the file are in the
+caller's clock, which must be wall-clock seconds (``time.time()``) because rows outlive the
+process and are shared between processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
+
+__all__ = ["SCHEMA_VERSION", "OutboxFileError", "SQLiteStore", "open_outbox_file"]
+
+logger = logging.getLogger("capi_middleware.delivery")
+
+SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration in _migrate()
+
+_SCHEMA = """
+CREATE TABLE events (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale ack hits no new row
+    pixel_id      TEXT    NOT NULL,
+    event_id      TEXT    NOT NULL,
+    event_name    TEXT    NOT NULL DEFAULT '',
+    event_time    INTEGER NOT NULL,
+    action_source TEXT    NOT NULL,
+    payload       TEXT    NOT NULL,                   -- the event's JSON, exactly the bytes sent
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    not_before    REAL    NOT NULL DEFAULT 0,
+    lease_owner   TEXT,
+    lease_until   REAL,
+    created_at    REAL    NOT NULL
+);
+CREATE INDEX events_waiting ON events (not_before) WHERE lease_owner IS NULL;
+CREATE INDEX events_leased ON events (lease_until) WHERE lease_owner IS NOT NULL;
+CREATE TABLE dead_letters (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    pixel_id      TEXT    NOT NULL,
+    event_id      TEXT    NOT NULL,
+    event_name    TEXT    NOT NULL DEFAULT '',
+    event_time    INTEGER NOT NULL,
+    action_source TEXT    NOT NULL,
+    payload       TEXT    NOT NULL,
+    attempts      INTEGER NOT NULL,
+    created_at    REAL    NOT NULL,
+    reason        TEXT    NOT NULL,
+    code          INTEGER,
+    subcode       INTEGER,
+    message       TEXT    NOT NULL DEFAULT '',
+    fbtrace_id    TEXT,
+    dead_at       REAL    NOT NULL
+);
+"""
+
+_INSERT_EVENT = (
+    "INSERT INTO events (pixel_id, event_id, event_name, event_time, action_source, payload,"
+    " attempts, not_before, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CLAIM = (
+    "SELECT id, pixel_id, payload, event_id, event_time, action_source, attempts FROM events"
+    " WHERE not_before <= ? AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?"
+)
+_DEAD_FROM_EVENT = (
+    "INSERT INTO dead_letters (pixel_id, event_id, event_name, event_time, action_source,"
+    " payload, attempts, created_at, reason, code, subcode, message, fbtrace_id, dead_at)"
+    " SELECT pixel_id, event_id, event_name, event_time, action_source, payload, attempts,"
+    " created_at, ?, ?, ?, ?, ?, ? FROM events WHERE id = ?"
+)
+_DEAD_FROM_MEMORY = (
+    "INSERT INTO dead_letters (pixel_id, event_id, event_name, event_time, action_source,"
+    " payload, attempts, created_at, reason, code, subcode, message, fbtrace_id, dead_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_GROUP_MAX = 5000  # commit at once when this many events wait, without waiting for the window
+
+
+class OutboxFileError(Exception):
+    """An outbox file that is missing, unreadable, or not an outbox (used by the CLI)."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated event on its way to the file: the payload already decoded to JSON text."""
+
+    event: NewEvent
+    text: str
+    event_name: str
+    created_at: float
+
+
+@dataclass
+class _MemoryRow:
+    """An event kept in memory because the file could not take it."""
+
+    prepared: _Prepared
+    attempts: int = 0
+    not_before: float = 0.0
+    lease_until: float | None = None
+
+    def stored(self, row_id: int) -> StoredEvent:
+        e = self.prepared.event
+        return StoredEvent(
+            id=row_id,
+            pixel_id=e.pixel_id,
+            payload=e.payload,
+            event_id=e.event_id,
+            event_time=e.event_time,
+            action_source=e.action_source,
+            attempts=self.attempts,
+        )
+
+
+class _OnceLog:
+    """Logs each kind of failure once until the store recovers, so a broken disk is not a flood.
+
+    Messages carry only the error kind, counts and the file path: never an event's content.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def error(self, kind: str, message: str, *args: object) -> None:
+        with self._lock:
+            if kind in self._seen:
+                return
+            self._seen.add(kind)
+        logger.error(message, *args)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+def _error_kind(exc: BaseException) -> str:
+    """A short, data-free name for a storage error: SQLITE_FULL, ENOTDIR, ..."""
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+
+    if isinstance(name, str):
+        return name
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+    return type(exc).__name__
+
+
+def _new_owner_token() -> str:
+    """Who holds a lease: host, pid and a random part, so a reused pid is a different owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+# Connections a forked child inherited from its parent. SQLite forbids using them in the child,
+# and closing one there could checkpoint or delete the parent's WAL, so they are kept alive here
+# and never touched again (https://www.sqlite.org/howtocorrupt.html section 2.6).
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+_LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+class SQLiteStore:
+    """Events waiting for delivery, in a SQLite file that survives crashes and restarts.
+
+    Parameters:
+        path: the outbox file; created (mode 0600, parent directories 0700) when missing.
+            Several processes may open the same file.
+        memory_fallback: events held in memory while the file cannot take them (read-only,
+            missing directory, disk full); past this ``put`` accepts fewer and the caller
+            counts the rest as dropped.
+        commit_interval: the group-commit window in seconds: an event ``put`` without waiting
+            is committed within about this long (plus the commit itself).
+        max_pending: events accepted but not yet committed at most (normally only a few
+            milliseconds' worth); past it ``put`` accepts fewer.
+        busy_timeout: seconds to wait for another process's write lock.
+        reopen_interval: seconds between attempts to reopen the file and move the
+            memory-held events back to disk after a failure.
+        max_bytes: cap the file's size (SQLite ``max_page_count``); past it new events are
+            held in memory as on a full disk. None: no cap.
+        synchronous: SQLite ``synchronous`` pragma. ``"NORMAL"`` (default) survives a crash of
+            the process; ``"FULL"`` also survives a power loss, at an fsync per group.
+        wait_timeout: seconds at most that ``put(..., wait=True)`` waits for its group.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        memory_fallback: int = 10_000,
+        commit_interval: float = 0.005,
+        max_pending: int = 10_000,
+        busy_timeout: float = 5.0,
+        reopen_interval: float = 5.0,
+        max_bytes: int | None = None,
+        synchronous: str = "NORMAL",
+        wait_timeout: float = 30.0,
+    ) -> None:
+        for name, value in (("memory_fallback", memory_fallback), ("max_pending", max_pending)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: must be a non-negative integer")
+        if max_pending < 1:
+            raise ValueError("max_pending: must be at least 1")
+        for name, seconds in (
+            ("commit_interval", commit_interval),
+            ("busy_timeout", busy_timeout),
+            ("wait_timeout", wait_timeout),
+        ):
+            if not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+                raise ValueError(f"{name}: must be a non-negative number of seconds")
+        if not isinstance(reopen_interval, (int, float)) or not 0 < reopen_interval < 1e9:
+            raise ValueError("reopen_interval: must be a positive number of seconds")
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 4096):
+            raise ValueError("max_bytes: must be at least 4096 bytes, or None")
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous: must be OFF, NORMAL, FULL or EXTRA")
+
+        self.path = Path(os.fspath(path))
+        self._memory_fallback = memory_fallback
+        self._commit_interval = float(commit_interval)
+        self._max_pending = max_pending
+        self._busy_timeout = float(busy_timeout)
+        self._reopen_interval = float(reopen_interval)
+        self._max_bytes = max_bytes
+        self._synchronous = synchronous.upper()
+        self._wait_timeout = float(wait_timeout)
+        self._log = _OnceLog()
+        self._closed = False
+        self._init_process_state()
+        _LIVE_STORES.add(self)
+        with self._db_lock:
+            self._open_or_fall_back()
+
+    # -- process-local state (rebuilt after fork) -------------------------------------------
+
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self.lease_owner = _new_owner_token()
+        # Lock order: _db_lock, then _cond. put() takes only _cond, so a slow commit never
+        # blocks a request thread.
+        self._db_lock = threading.RLock()
+        self._cond = threading.Condition(threading.Lock())
+        self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._broken = False  # the last write failed: new events go to memory until repaired
+        self._pending: list[_Prepared] = []
+        self._pending_since = 0.0
+        self._committing = 0  # events taken out of _pending whose commit is in progress
+        self._accepted_seq = 0  # events put so far
+        self._settled_seq = 0  # events committed, or moved to memory, so far
+        self._memory: dict[int, _MemoryRow] = {}  # negative ids, insertion order = age
+        self._next_memory_id = -1
+        self._deferred_acks: set[int] = set()  # acked while the disk failed; deleted later
+        self._next_repair = 0.0
+        self._next_identity_check = 0.0
+        self._closing = False
+        self._writer: threading.Thread | None = None
+
+    def reopen_after_fork(self) -> None:
+        """Start this store afresh in a forked child: its own connection, threads and leases.
+
+        The parent's connection is abandoned, never used or closed here (SQLite connections must
+        not cross ``fork()``); the parent's pending and memory-held events stay the parent's.
+        Called automatically in the child (``os.register_at_fork``) and when a pid change is seen.
+        """
+        if self._conn is not None:
+            _INHERITED_CONNECTIONS.append(self._conn)
+        self._init_process_state()
+        if not self._closed:
+            with self._db_lock:
+                self._open_or_fall_back()
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            self.reopen_after_fork()
+
+    # -- EventStore --------------------------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        """True while events go to the file; False while the disk fails and they wait in memory."""
+        return self._conn is not None and not self._broken and not self._closed
+
+    def put(self, events: Sequence[NewEvent], *, wait: bool = False) -> int:
+        """Accept events for the next group commit; return how many (a prefix) were accepted.
+
+        Never raises and never touches the file on the caller's thread. An event whose payload
+        is not UTF-8 JSON ends the accepted prefix. ``wait=True`` returns once the group holding
+        these events is committed (or, when the disk fails, kept in memory; see `durable`).
+        """
+        self._check_fork()
+        now = time.time()
+        prepared: list[_Prepared] = []
+        for event in events:
+            item = self._prepare(event, now)
+            if item is None:
+                break
+            prepared.append(item)
+        with self._cond:
+            if self._closed or self._closing:
+                return 0
+            in_memory = len(self._pending) + self._committing
+            if self._broken:
+                room = self._memory_fallback - in_memory - len(self._memory)
+            else:
+                room = self._max_pending - in_memory
+            accepted = prepared[: max(0, room)]
+            if len(accepted) < len(prepared):
+                self._log.error(
+                    "memory_full",
+                    "capi outbox %s: %s events wait in memory, the most allowed; new events are "
+                    "dropped until the file takes them",
+                    self.path,
+                    in_memory + len(self._memory),
+                )
+            if not accepted:
+                return 0
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.extend(accepted)
+            self._accepted_seq += len(accepted)
+            target = self._accepted_seq
+            self._start_writer()
+            self._cond.notify_all()
+            if wait:
+                deadline = time.monotonic() + self._wait_timeout
+                while self._settled_seq < target and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._log.error(
+                            "wait_timeout",
+                            "capi outbox %s: a commit took longer than %.1fs",
+                            self.path,
+                            self._wait_timeout,
+                        )
+                        break
+                    self._cond.wait(remaining)
+        return len(accepted)
+
+    def claim(self, limit: int, *, lease_seconds: float, now: float) -> list[StoredEvent]:
+        """Lease up to ``limit`` due events no live lease holds: memory-held ones, then the file's.
+
+        The file part is one ``BEGIN IMMEDIATE`` transaction, so two processes never lease the
+        same row at once.
+        """
+        self._check_fork()
+        out: list[StoredEvent] = []
+        if limit <= 0 or self._closed:
+            return out
+        lease_until = now + lease_seconds
+        # Memory-held events first: they are the ones a crash would lose.
+        with self._cond:
+            for row_id, row in self._memory.items():
+                if len(out) >= limit:
+                    break
+                if row.not_before <= now and (row.lease_until is None or row.lease_until <= now):
+                    row.lease_until = lease_until
+                    out.append(row.stored(row_id))
+        remaining = limit - len(out)
+        if remaining <= 0:
+            return out
+        with self._db_lock:
+            conn = self._conn
+            if conn is None:
+                return out
+            try:
+                with _immediate(conn):
+                    rows = conn.execute(_CLAIM, (now, now, remaining)).fetchall()
+                    conn.executemany(
+                        "UPDATE events SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                        [(self.lease_owner, lease_until, r[0]) for r in rows],
+                    )
+            except (sqlite3.Error, OSError) as exc:
+                self._storage_failed("claim", exc)
+                return out
+        out.extend(
+            StoredEvent(
+                id=r[0],
+                pixel_id=r[1],
+                payload=r[2].encode("utf-8"),
+                event_id=r[3],
+                event_time=r[4],
+                action_source=r[5],
+                attempts=r[6],
+            )
+            for r in rows
+        )
+        return out
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Meta accepted these: delete their rows ("delivered rows are pruned")."""
+        self._check_fork()
+        disk_ids = self._forget_memory_rows(ids)
+        if not disk_ids or self._closed:
+            return
+        with self._db_lock:
+            if not self._delete_rows(disk_ids):
+                # The rows stay leased to us; deleting them is retried with the next repair, and
+                # should we die first, Meta drops the resent copy by event_id.
+                self._deferred_acks.update(disk_ids)
+                with self._cond:
+                    self._cond.notify_all()
+
+    def retry(self, ids: Sequence[int], *, not_before: float) -> None:
+        """Release the leases; the events become due at ``not_before``; attempts += 1.
+
+        A row whose lease another process has taken over (ours expired) is left to that process.
+        """
+        self._check_fork()
+        disk_ids: list[int] = []
+        with self._cond:
+            for row_id in ids:
+                row = self._memory.get(row_id)
+                if row is not None:
+                    row.attempts += 1
+                    row.not_before = not_before
+                    row.lease_until = None
+                elif row_id > 0:
+                    disk_ids.append(row_id)
+        if not disk_ids or self._closed:
+            return
+        with self._db_lock:
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                with _immediate(conn):
+                    conn.executemany(
+                        "UPDATE events SET attempts = attempts + 1, not_before = ?,"
+                        " lease_owner = NULL, lease_until = NULL"
+                        " WHERE id = ? AND (lease_owner IS NULL OR lease_owner = ?)",
+                        [(not_before, i, self.lease_owner) for i in disk_ids],
+                    )
+            except (sqlite3.Error, OSError) as exc:
+                # The lease runs out on its own and the rows come back; only the attempt count
+                # and the backoff are lost.
+                self._storage_failed("retry", exc)
+
+    def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
+        """Move these events to the ``dead_letters`` table with why, for inspection and replay."""
+        self._check_fork()
+        memory_rows: list[_MemoryRow] = []
+        disk_ids: list[int] = []
+        with self._cond:
+            for row_id in ids:
+                row = self._memory.pop(row_id, None)
+                if row is not None:
+                    memory_rows.append(row)
+                elif row_id > 0:
+                    disk_ids.append(row_id)
+        if (not disk_ids and not memory_rows) or self._closed:
+            return
+        now = time.time()
+        reason = (letter.reason, letter.code, letter.subcode, letter.message, letter.fbtrace_id)
+        with self._db_lock:
+            conn = self._conn
+            try:
+                if conn is None:
+                    raise sqlite3.OperationalError("the outbox file is not open")
+                with _immediate(conn):
+                    for i in disk_ids:
+                        conn.execute(_DEAD_FROM_EVENT, (*reason, now, i))
+                        conn.execute("DELETE FROM events WHERE id = ?", (i,))
+                    conn.executemany(
+                        _DEAD_FROM_MEMORY,
+                        [
+                            (*_dead_values(r.prepared, r.attempts), *reason, now)
+                            for r in memory_rows
+                        ],
+                    )
+            except (sqlite3.Error, OSError) as exc:
+                self._storage_failed("dead_letter", exc)
+                if memory_rows:
+                    self._log.error(
+                        "dead_letter_lost",
+                        "capi outbox %s: dead letters could not be written; they are only "
+                        "logged and counted",
+                        self.path,
+                    )
+
+    def backlog(self) -> int:
+        """Events accepted and not yet acknowledged or dead-lettered, leased ones included.
+
+        Counts every row of the file's ``events`` table (other processes' events too: they are
+        this file's backlog and any worker may deliver them), plus this process's events that
+        wait for their group commit or are held in memory because the disk failed. Exact for a
+        single process; with several, it is the file's backlog plus this process's in-memory part.
+        """
+        self._check_fork()
+        with self._db_lock:
+            on_disk = 0
+            conn = self._conn
+            if conn is not None:
+                try:
+                    on_disk = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                    on_disk -= len(self._deferred_acks)
+                except (sqlite3.Error, OSError) as exc:
+                    self._storage_failed("backlog", exc)
+            with self._cond:
+                return max(0, on_disk) + len(self._pending) + self._committing + len(self._memory)
+
+    def next_due(self) -> float | None:
+        """When the next event becomes claimable: its ``not_before``, or the end of its lease.
+
+        Events waiting for their group commit are due now (0.0).
+        """
+        self._check_fork()
+        candidates: list[float] = []
+        with self._cond:
+            if self._pending or self._committing:
+                candidates.append(0.0)
+            for row in self._memory.values():
+                candidates.append(max(row.not_before, row.lease_until or 0.0))
+        with self._db_lock:
+            conn = self._conn
+            if conn is not None:
+                try:
+                    waiting = conn.execute(
+                        "SELECT MIN(not_before) FROM events WHERE lease_owner IS NULL"
+                    ).fetchone()[0]
+                    leased = conn.execute(
+                        "SELECT MIN(MAX(not_before, lease_until)) FROM events"
+                        " WHERE lease_owner IS NOT NULL"
+                    ).fetchone()[0]
+                except (sqlite3.Error, OSError) as exc:
+                    self._storage_failed("next_due", exc)
+                else:
+                    candidates.extend(float(v) for v in (waiting, leased) if v is not None)
+        return min(candidates) if candidates else None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event put so far is committed (or held in memory); True if so."""
+        self._check_fork()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._accepted_seq
+            while self._settled_seq < target and not self._closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit what is pending, move memory-held events to disk if it can, close the file.
+
+        Events not yet delivered stay in the file for the next start. Memory-held events that
+        still cannot be written are lost, and their number is logged.
+        """
+        if os.getpid() != self._pid:  # a forked child closing what it inherited
+            self.reopen_after_fork()
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(self._wait_timeout if timeout is None else timeout)
+        with self._db_lock:
+            self._drain_pending()
+            self._repair(final=True)
+            with self._cond:
+                lost = len(self._memory) + len(self._pending)
+                self._memory.clear()
+                self._pending.clear()
+                self._closed = True
+                self._cond.notify_all()
+            if lost:
+                logger.error(
+                    "capi outbox %s: %d events held in memory could not be written and are lost",
+                    self.path,
+                    lost,
+                )
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        _LIVE_STORES.discard(self)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, durable={self.durable})"
+
+    # -- accepting ----------------------------------------------------------------------------
+
+    def _prepare(self, event: NewEvent, now: float) -> _Prepared | None:
+        try:
+            text = event.payload.decode("utf-8")
+            body = json.loads(text)
+        except (UnicodeDecodeError, ValueError):
+            self._log.error(
+                "invalid_payload", "capi outbox %s: an event payload is not UTF-8 JSON", self.path
+            )
+            return None
+        name = body.get("event_name") if isinstance(body, dict) else None
+        return _Prepared(event, text, name if isinstance(name, str) else "", now)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        """Start the writer thread if it is not running (called with _cond held)."""
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(
+                target=self._write_loop, name="capi-outbox-writer", daemon=True
+            )
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            group: list[_Prepared] = []
+            repair = False
+            with self._cond:
+                while not self._closing:
+                    now = time.monotonic()
+                    if self._pending:
+                        due = self._pending_since + self._commit_interval
+                        if now >= due or len(self._pending) >= _GROUP_MAX:
+                            group, self._pending = self._pending, []
+                            self._committing = len(group)
+                            break
+                        self._cond.wait(due - now)
+                        continue
+                    if self._memory or self._deferred_acks or self._broken:
+                        if now >= self._next_repair:
+                            repair = True
+                            break
+                        self._cond.wait(self._next_repair - now)
+                        continue
+                    self._cond.wait(self._reopen_interval)
+                    if time.monotonic() >= self._next_identity_check:
+                        # Idle: look, now and then, whether the file was deleted under us.
+                        self._next_identity_check = time.monotonic() + self._reopen_interval
+                        repair = self._file_replaced()
+                        if repair:
+                            break
+                if self._closing and not group and not repair:
+                    return
+            with self._db_lock:
+                if group:
+                    self._commit_group(group)
+                if repair:
+                    self._repair()
+
+    def _commit_group(self, group: list[_Prepared]) -> None:
+        """Write one group in one transaction, or keep it in memory (called with _db_lock)."""
+        committed = False
+        if not self._broken:
+            conn = self._conn
+            try:
+                if conn is None:
+                    raise sqlite3.OperationalError("the outbox file is not open")
+                with _immediate(conn):
+                    conn.executemany(_INSERT_EVENT, [_row_values(p, 0) for p in group])
+                committed = True
+            except (sqlite3.Error, OSError) as exc:
+                self._storage_failed("write", exc)
+        with self._cond:
+            if not committed:
+                for p in group:
+                    self._memory[self._next_memory_id] = _MemoryRow(p)
+                    self._next_memory_id -= 1
+            self._committing = 0
+            self._settled_seq += len(group)
+            self._cond.notify_all()
+
+    def _drain_pending(self) -> None:
+        """Commit whatever is pending right now (close(); called with _db_lock)."""
+        with self._cond:
+            group, self._pending = self._pending, []
+            self._committing = len(group)
+        if group:
+            self._commit_group(group)
+
+    # -- failure and repair -------------------------------------------------------------------
+
+    def _storage_failed(self, operation: str, exc: BaseException) -> None:
+        """Note a failed file operation: log once per kind, retry later (called with _db_lock)."""
+        kind = _error_kind(exc)
+        self._log.error(
+            f"{operation}:{kind}",
+            "capi outbox %s: %s failed (%s); events wait in memory (up to %d) and the file is "
+            "retried every %.0fs",
+            self.path,
+            operation,
+            kind,
+            self._memory_fallback,
+            self._reopen_interval,
+        )
+        self._broken = True
+        self._next_repair = time.monotonic() + self._reopen_interval
+        conn = self._conn
+        if conn is not None and kind not in ("SQLITE_FULL", "SQLITE_BUSY"):
+            # Anything but a full disk or a busy lock may mean the file itself is gone or
+            # damaged: reopen it on the next repair.
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.rollback()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._conn = None
+        with self._cond:
+            self._cond.notify_all()
+
+    def _repair(self, *, final: bool = False) -> None:
+        """Reopen the file if needed, delete deferred acks, write memory-held events back.
+
+        Called with _db_lock. Only unleased memory rows move (a leased one is in flight under
+        its negative id); ``final`` (close) moves all of them with their leases dropped.
+        """
+        self._next_repair = time.monotonic() + self._reopen_interval
+        if self._file_replaced() and self._conn is not None:
+            self._adopt_rows_of_replaced_file()
+        if self._conn is None and not self._open_or_fall_back():
+            return
+        conn = self._conn
+        assert conn is not None
+        if self._deferred_acks:
+            acks = sorted(self._deferred_acks)
+            if not self._delete_rows(acks):
+                return
+            self._deferred_acks.difference_update(acks)
+        with self._cond:
+            moving = [
+                (row_id, row)
+                for row_id, row in self._memory.items()
+                if final or row.lease_until is None
+            ]
+        try:
+            with _immediate(conn):
+                conn.executemany(
+                    _INSERT_EVENT,
+                    [_row_values(r.prepared, r.attempts, r.not_before) for _, r in moving],
+                )
+        except (sqlite3.Error, OSError) as exc:
+            self._storage_failed("write", exc)
+            return
+        with self._cond:
+            for row_id, _ in moving:
+                self._memory.pop(row_id, None)
+            self._cond.notify_all()
+        if self._broken:
+            self._broken = False
+            self._log.reset()
+            logger.warning(
+                "capi outbox %s: writing to the file again; %d events moved there from memory",
+                self.path,
+                len(moving),
+            )
+
+    def _delete_rows(self, ids: Sequence[int]) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            with _immediate(conn):
+                conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
+        except (sqlite3.Error, OSError) as exc:
+            self._storage_failed("ack", exc)
+            return False
+        return True
+
+    def _forget_memory_rows(self, ids: Sequence[int]) -> list[int]:
+        """Drop acknowledged memory-held rows; return the ids that are the file's."""
+        disk_ids: list[int] = []
+        with self._cond:
+            for row_id in ids:
+                if self._memory.pop(row_id, None) is None and row_id > 0:
+                    disk_ids.append(row_id)
+        return disk_ids
+
+    # -- the file -----------------------------------------------------------------------------
+
+    def _open_or_fall_back(self) -> bool:
+        """Open (creating) the file; on failure log and keep events in memory. Needs _db_lock."""
+        try:
+            self._conn = self._connect()
+        except (sqlite3.Error, OSError, OutboxFileError) as exc:
+            self._conn = None
+            self._storage_failed("open", exc)
+            return False
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.path
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Create the file ourselves so it is born 0600: the rows hold hashed user data, IPs and
+        # user agents, which no other local user should read.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        conn = sqlite3.connect(
+            str(path),
+            timeout=self._busy_timeout,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # used from several threads, always under _db_lock
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                self._log.error(
+                    "no_wal",
+                    "capi outbox %s: the file system refused WAL mode (%s); sharing the file "
+                    "between processes will be slower",
+                    path,
+                    mode,
+                )
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            _migrate(conn)
+            if self._max_bytes is not None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(2, self._max_bytes // page_size)}")
+        except BaseException:
+            conn.close()
+            raise
+        for suffix in ("-wal", "-shm"):
+            # SQLite gives these the database file's mode already; this covers a file whose
+            # mode was changed after its WAL was created.
+            with contextlib.suppress(OSError):
+                os.chmod(f"{path}{suffix}", 0o600)
+        st = os.stat(path)
+        self._file_id = (st.st_dev, st.st_ino)
+        return conn
+
+    def _file_replaced(self) -> bool:
+        """True when the open file was deleted or replaced under us (its inode changed)."""
+        if self._file_id is None or self._conn is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._file_id
+
+    def _adopt_rows_of_replaced_file(self) -> None:
+        """The file was deleted: keep its rows in memory, then open a fresh file (needs _db_lock).
+
+        The old connection is closed before the new file is opened, because closing it removes
+        the ``-wal`` and ``-shm`` files by name, which would then be the new file's.
+        """
+        conn = self._conn
+        assert conn is not None
+        self._log.error(
+            "file_replaced",
+            "capi outbox %s: the file was deleted or replaced while open; its events are "
+            "carried over to a new file",
+            self.path,
+        )
+        try:
+            rows = conn.execute(
+                "SELECT pixel_id, payload, event_id, event_time, action_source, attempts,"
+                " not_before, event_name, created_at FROM events ORDER BY id"
+            ).fetchall()
+        except sqlite3.Error:
+            rows = []
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        self._conn = None
+        self._file_id = None
+        with self._cond:
+            for r in rows[: max(0, self._memory_fallback - len(self._memory))]:
+                event = NewEvent(r[0], r[1].encode("utf-8"), r[2], r[3], r[4])
+                self._memory[self._next_memory_id] = _MemoryRow(
+                    _Prepared(event, r[1], r[7], r[8]), attempts=r[5], not_before=r[6]
+                )
+                self._next_memory_id -= 1
+        self._broken = True
+
+
+def _row_values(p: _Prepared, attempts: int, not_before: float = 0.0) -> tuple[Any, ...]:
+    """The values of one ``events`` row, in `_INSERT_EVENT`'s order."""
+    e = p.event
+    return (
+        e.pixel_id,
+        e.event_id,
+        p.event_name,
+        e.event_time,
+        e.action_source,
+        p.text,
+        attempts,
+        not_before,
+        p.created_at,
+    )
+
+
+def _dead_values(p: _Prepared, attempts: int) -> tuple[Any, ...]:
+    """The first eight values of a ``dead_letters`` row (`_DEAD_COLUMNS`), from memory."""
+    e = p.event
+    return (
+        e.pixel_id,
+        e.event_id,
+        p.event_name,
+        e.event_time,
+        e.action_source,
+        p.text,
+        attempts,
+        p.created_at,
+    )
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction that takes the file's write lock up front (``BEGIN IMMEDIATE``).
+
+    Taking the lock first is what makes claim atomic across processes, and avoids the deadlock
+    two deferred transactions get into when both try to upgrade to writing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # SQLITE_FULL may already have rolled back
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new file; refuse a file that is not an outbox or is newer."""
+    with _immediate(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise OutboxFileError(
+                f"outbox schema version {version} is newer than this capi-middleware "
+                f"understands ({SCHEMA_VERSION}); upgrade capi-middleware"
+            )
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise OutboxFileError("the file is a SQLite database but not a capi outbox")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def open_outbox_file(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open an existing outbox for the CLI, never creating one.
+
+    Raises `OutboxFileError` with a message fit for the user when the file is missing, is not a
+    SQLite database, is not an outbox, or has a newer schema.
+    """
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise OutboxFileError(f"{p}: no such file")
+    if not p.is_file():
+        raise OutboxFileError(f"{p}: not a file")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise OutboxFileError(f"{p}: cannot open ({exc})") from None
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise OutboxFileError(f"{p}: not a capi outbox (not a SQLite database)") from None
+    if not {"events", "dead_letters"} <= names or version < 1:
+        conn.close()
+        raise OutboxFileError(f"{p}: not a capi outbox (no events / dead_letters tables)")
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise OutboxFileError(
+            f"{p}: outbox schema version {version} is newer than this tool ({SCHEMA_VERSION})"
+        )
+    return conn
+
+
+def _close_all_at_exit() -> None:
+    """Commit what is pending in every open store when the interpreter exits."""
+    for store in list(_LIVE_STORES):
+        with contextlib.suppress(Exception):
+            if store._pid == os.getpid():
+                store.close(timeout=2.0)
+
+
+def _reopen_all_in_child() -> None:
+    for store in list(_LIVE_STORES):
+        store.reopen_after_fork()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_all_in_child)
