@@ -1,0 +1,128 @@
+"""The default `EventStore`: bounded, thread-safe, in memory (lost when the process ends)."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Row:
+    event: NewEvent
+    attempts: int = 0
+    not_before: float = 0.0
+    leased_until: float = 0.0  # 0: not leased
+
+
+class MemoryStore:
+    """Events waiting for delivery, held in memory, oldest first.
+
+    Parameters:
+        max_events: at most this many events are held; ``put`` accepts only what fits.
+        keep_dead_letters: how many recent dead letters to keep for inspection
+            (`dead_letters`); older ones are forgotten.
+    """
+
+    def __init__(self, max_events: int = 100_000, *, keep_dead_letters: int = 1000) -> None:
+        if max_events < 1:
+            raise ValueError("max_events: must be at least 1")
+        self._max = max_events
+        self._lock = threading.Lock()
+        self._rows: dict[int, _Row] = {}  # insertion order == id order == oldest first
+        self._next_id = 1
+        self._dead: deque[tuple[StoredEvent, DeadLetter]] = deque(maxlen=keep_dead_letters)
+
+    @property
+    def durable(self) -> bool:
+        """Always False: a crash loses what is held here."""
+        return False
+
+    @property
+    def dead_letters(self) -> list[tuple[StoredEvent, DeadLetter]]:
+        """The most recent dead-lettered events with the reason, oldest first."""
+        with self._lock:
+            return list(self._dead)
+
+    def put(self, events: Sequence[NewEvent], *, wait: bool = False) -> int:
+        """Accept the prefix of ``events`` that fits under ``max_events``; return its length."""
+        with self._lock:
+            room = max(0, self._max - len(self._rows))
+            accepted = events[:room]
+            for event in accepted:
+                self._rows[self._next_id] = _Row(event)
+                self._next_id += 1
+            return len(accepted)
+
+    def claim(self, limit: int, *, lease_seconds: float, now: float) -> list[StoredEvent]:
+        """Lease up to ``limit`` due events that no live lease holds, oldest first."""
+        out: list[StoredEvent] = []
+        if limit <= 0:
+            return out
+        with self._lock:
+            for row_id, row in self._rows.items():
+                if row.not_before > now or row.leased_until > now:
+                    continue
+                row.leased_until = now + lease_seconds
+                out.append(_stored(row_id, row))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Forget delivered events."""
+        with self._lock:
+            for row_id in ids:
+                self._rows.pop(row_id, None)
+
+    def retry(self, ids: Sequence[int], *, not_before: float) -> None:
+        """Release the leases; the events become due at ``not_before``; attempts += 1."""
+        with self._lock:
+            for row_id in ids:
+                row = self._rows.get(row_id)
+                if row is not None:
+                    row.leased_until = 0.0
+                    row.not_before = not_before
+                    row.attempts += 1
+
+    def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
+        """Give up on these events; the last ``keep_dead_letters`` are kept in `dead_letters`."""
+        with self._lock:
+            for row_id in ids:
+                row = self._rows.pop(row_id, None)
+                if row is not None:
+                    self._dead.append((_stored(row_id, row), letter))
+
+    def backlog(self) -> int:
+        """Events held, leased ones included."""
+        with self._lock:
+            return len(self._rows)
+
+    def next_due(self) -> float | None:
+        """When the next event becomes claimable (``not_before`` or its lease's end), or None."""
+        with self._lock:
+            due = [max(r.not_before, r.leased_until) for r in self._rows.values()]
+        return min(due) if due else None
+
+    def close(self) -> None:
+        """Forget everything held (memory is not durable)."""
+        with self._lock:
+            self._rows.clear()
+
+
+def _stored(row_id: int, row: _Row) -> StoredEvent:
+    e = row.event
+    return StoredEvent(
+        id=row_id,
+        pixel_id=e.pixel_id,
+        payload=e.payload,
+        event_id=e.event_id,
+        event_time=e.event_time,
+        action_source=e.action_source,
+        attempts=row.attempts,
+    )
