@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -109,7 +110,7 @@ def evaluate(policy: ConsentPolicy | bool | None, signals: ConsentSignals) -> Co
     if policy is None:
         policy = _DEFAULT
     elif policy is True:
-        return _apply_gpc(ConsentDecision(granted=True, reason="not_required"), signals)
+        policy = _NOT_REQUIRED
     elif policy is False:
         return ConsentDecision(granted=False, reason="disabled")
     answer = _ask(policy, signals)
@@ -317,7 +318,7 @@ def _parse_pairs(text: str) -> dict[str, object]:
     if text.startswith("{"):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested junk must not escape either
             data = None
         if isinstance(data, dict):
             return {str(k): v for k, v in list(data.items())[:_MAX_PAIRS]}
@@ -506,9 +507,11 @@ def google_consent_mode(
 
 _B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _SIX_BITS = {c: format(i, "06b") for i, c in enumerate(_B64URL)}
-# MaxVendorId is 16 bits, so a bitfield-encoded core segment is at most ~11,000 base64 chars
-# (230 header bits + 65,535 vendor bits); anything longer is not a TC string.
-_MAX_TC_CHARS = 11_200
+# The longest stretch of a core segment the spec allows up to the end of the vendor consents
+# (the last field we read): 230 header bits plus 4,095 range entries of 33 bits. Only that many
+# characters are decoded, whatever the length of the value, so a hostile cookie costs bounded work.
+_MAX_TC_CHARS = (230 + 12 + 4095 * 33) // 6 + 1
+_MAX_VENDOR_ID = 65535
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -540,14 +543,16 @@ class TCString:
     max_vendor_id: int
     vendor_range_encoded: bool
     vendor_bits: int = field(default=0, repr=False)
-    vendor_ranges: tuple[tuple[int, int], ...] = field(default=(), repr=False)
+    vendor_ranges: tuple[tuple[int, int], ...] = field(default=(), repr=False)  # sorted, merged
 
     def has_vendor_consent(self, vendor_id: int) -> bool:
         """Whether the visitor consented to the vendor with this GVL id."""
         if not 1 <= vendor_id <= self.max_vendor_id:
             return False
         if self.vendor_range_encoded:
-            return any(start <= vendor_id <= end for start, end in self.vendor_ranges)
+            # vendor_ranges is sorted and merged: find the last range starting at or before.
+            i = bisect_right(self.vendor_ranges, (vendor_id, _MAX_VENDOR_ID))
+            return i > 0 and self.vendor_ranges[i - 1][1] >= vendor_id
         # Bit 1 of the bitfield (the most significant) is vendor 1.
         return bool((self.vendor_bits >> (self.max_vendor_id - vendor_id)) & 1)
 
@@ -555,10 +560,7 @@ class TCString:
     def vendor_consents(self) -> frozenset[int]:
         """Every vendor id with consent (at most 65,535 ids)."""
         if self.vendor_range_encoded:
-            ids: set[int] = set()
-            for start, end in self.vendor_ranges:
-                ids.update(range(start, min(end, self.max_vendor_id) + 1))
-            return frozenset(ids)
+            return frozenset(i for start, end in self.vendor_ranges for i in range(start, end + 1))
         bits = format(self.vendor_bits, f"0{self.max_vendor_id}b") if self.max_vendor_id else ""
         return frozenset(i + 1 for i, b in enumerate(bits) if b == "1")
 
@@ -599,16 +601,33 @@ class _BitReader:
         return _EPOCH + timedelta(milliseconds=self.read(36) * 100)  # deciseconds
 
 
+def _merge_ranges(ranges: list[tuple[int, int]], max_id: int) -> tuple[tuple[int, int], ...]:
+    # Entries may overlap and run past MaxVendorId; merged, they hold each id at most once, so
+    # lookups bisect and the full set costs at most 65,535 ids.
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if start > max_id:
+            break
+        end = min(end, max_id)
+        if merged and start <= merged[-1][1] + 1:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
 def parse_tc_string(value: str) -> TCString | None:
     """Decode the core segment of a TCF v2 TC string; None when it is not one.
 
-    Only the first ``.``-separated segment is read (the core segment comes first). Never
-    raises; the work is bounded by the length cap on the segment.
+    Only the first ``.``-separated segment is read (the core segment comes first), and of it
+    only the fields up to the vendor consents. Never raises; the work is bounded whatever the
+    length of ``value``.
     """
     if not isinstance(value, str):
         return None
-    core = value.strip()[: _MAX_TC_CHARS + 1].partition(".")[0].rstrip("=")
-    if not core or len(core) > _MAX_TC_CHARS:
+    core = value[: _MAX_TC_CHARS + 64].strip().partition(".")[0][:_MAX_TC_CHARS].rstrip("=")
+    if not core:
         return None
     try:
         bits = "".join(_SIX_BITS[c] for c in core)
@@ -670,7 +689,7 @@ def parse_tc_string(value: str) -> TCString | None:
         max_vendor_id=max_vendor_id,
         vendor_range_encoded=range_encoded,
         vendor_bits=vendor_bits,
-        vendor_ranges=tuple(ranges),
+        vendor_ranges=_merge_ranges(ranges, max_vendor_id),
     )
 
 
@@ -738,4 +757,9 @@ def default_policy() -> ConsentPolicy:
     return default_consent_policy
 
 
+def _consent_not_required(signals: ConsentSignals) -> ConsentDecision:
+    return ConsentDecision(granted=True, reason="not_required")
+
+
 _DEFAULT = default_policy()
+_NOT_REQUIRED = gpc_ldu(_consent_not_required)  # ``consent=True``: GPC still means LDU
