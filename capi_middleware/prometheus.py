@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "pip install 'capi-middleware[prometheus]'"
     ) from exc
 
+from capi_middleware.context import CaptureStats
 from capi_middleware.delivery.stats import DeliveryStats
 
 __all__ = ["CAPICollector", "StatsSource", "register_collector"]
@@ -31,38 +32,44 @@ __all__ = ["CAPICollector", "StatsSource", "register_collector"]
 logger = logging.getLogger("capi_middleware.prometheus")
 
 
-class StatsSource(Protocol):
-    """What the collector reads: the middleware, or the sender itself."""
+Stats = CaptureStats | DeliveryStats
 
-    def stats(self) -> DeliveryStats: ...
+
+class StatsSource(Protocol):
+    """What the collector reads: a middleware (`CaptureStats`) or a sender (`DeliveryStats`)."""
+
+    def stats(self) -> Stats: ...
 
 
 class CAPICollector:
     """A Prometheus collector for the delivery counters of one middleware or sender.
 
     Parameters:
-        source: an object with ``stats() -> DeliveryStats`` (``CAPIMiddleware``,
-            ``CAPIWSGIMiddleware``, a ``Sender``), or a callable returning one.
+        source: an object with ``stats()`` (``CAPIMiddleware``, ``CAPIWSGIMiddleware``,
+            ``CAPIDjangoMiddleware``, a ``Sender``), or a callable returning its result.
         namespace: prefix of every metric name (default ``capi``).
 
-    Metrics (``capi_`` prefix): ``events_enqueued_total``, ``events_delivered_total``,
-    ``events_retried_total``, ``events_dead_lettered_total{reason}``,
-    ``events_dropped_total{reason}``, ``backlog``, ``graph_requests_total``, ``paused{reason}``.
+    Metrics (``capi_`` prefix), from the sender: ``events_enqueued_total``,
+    ``events_delivered_total``, ``events_retried_total``, ``events_dead_lettered_total{reason}``,
+    ``events_dropped_total{reason}``, ``backlog``, ``graph_requests_total``, ``paused{reason}``;
+    from a middleware also: ``requests_total``, ``capture_errors_total``,
+    ``consent_denied_total``, ``track_invalid_total{field}``, ``track_errors_total``.
     A failing ``stats()`` is logged and the scrape returns no capi metrics, never an error page.
     """
 
     def __init__(
-        self, source: StatsSource | Callable[[], DeliveryStats], *, namespace: str = "capi"
+        self, source: StatsSource | Callable[[], Stats], *, namespace: str = "capi"
     ) -> None:
         read = getattr(source, "stats", source)
         if not callable(read):
             raise ValueError("source: must have a stats() method or be callable")
-        self._read: Callable[[], DeliveryStats] = read
+        self._read: Callable[[], Stats] = read
         self._prefix = f"{namespace}_" if namespace else ""
 
     def describe(self) -> Iterator[Metric]:
         """The metric names, without reading stats (registration must not touch the sender)."""
         yield from self._families(None)
+        yield from self._capture_families(None)
 
     def collect(self) -> Iterator[Metric]:
         """One snapshot of the counters, as Prometheus metric families."""
@@ -71,7 +78,43 @@ class CAPICollector:
         except Exception:
             logger.exception("capi_middleware: stats() failed; no delivery metrics this scrape")
             return
-        yield from self._families(stats)
+        if isinstance(stats, DeliveryStats):
+            yield from self._families(stats)
+            return
+        # A middleware's stats: its own counters, and the sender's once it exists.
+        yield from self._families(stats.delivery or DeliveryStats())
+        yield from self._capture_families(stats)
+
+    def _capture_families(self, stats: CaptureStats | None) -> Iterator[Metric]:
+        p = self._prefix
+        with_values = stats is not None
+
+        def counter(name: str, doc: str, value: int) -> CounterMetricFamily:
+            return CounterMetricFamily(p + name, doc, value=value if with_values else None)
+
+        yield counter("requests", "HTTP requests captured.", stats.requests if stats else 0)
+        yield counter(
+            "capture_errors",
+            "Requests whose capture or cookies failed inside capi_middleware.",
+            stats.capture_errors if stats else 0,
+        )
+        yield counter(
+            "consent_denied",
+            "track() calls refused for want of consent.",
+            stats.consent_denied if stats else 0,
+        )
+        yield counter(
+            "track_errors",
+            "track() calls that failed inside capi_middleware.",
+            stats.track_errors if stats else 0,
+        )
+        invalid = CounterMetricFamily(
+            p + "track_invalid", "track() calls rejected as invalid, by field.", labels=["field"]
+        )
+        if stats is not None:
+            for name, count in sorted(stats.invalid.items()):
+                invalid.add_metric([name], count)
+        yield invalid
 
     def _families(self, stats: DeliveryStats | None) -> Iterator[Metric]:
         p = self._prefix
@@ -112,7 +155,7 @@ class CAPICollector:
 
 
 def register_collector(
-    source: StatsSource | Callable[[], DeliveryStats],
+    source: StatsSource | Callable[[], Stats],
     *,
     registry: CollectorRegistry | None = None,
     namespace: str = "capi",

@@ -1,0 +1,166 @@
+"""Django integration: ``capi_middleware.django.CAPIDjangoMiddleware``, configured from settings.
+
+::
+
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "capi_middleware.django.CAPIDjangoMiddleware",
+        ...
+    ]
+    CAPI = {"consent": None, "trusted_proxies": ["10.0.0.0/8"]}   # CAPIConfig options
+
+Options missing from ``settings.CAPI`` come from the ``META_*`` environment variables. Views read
+``request.capi`` (the same `RequestContext` as everywhere else) or `capi_middleware.current()`.
+Works under WSGI and ASGI Django (sync and async capable). Imported only by Django users.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from http.cookies import SimpleCookie
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.encoding import escape_uri_path
+
+from capi_middleware.config import CAPIConfig
+from capi_middleware.context import (
+    CapturePipeline,
+    CaptureStats,
+    RequestContext,
+    activate,
+    deactivate,
+    is_shared_cacheable,
+    log_internal_error,
+)
+from capi_middleware.wsgi import capture_environ
+
+__all__ = ["CAPIDjangoMiddleware", "get_pipeline"]
+
+GetResponse = Callable[[HttpRequest], Any]
+
+# One pipeline (and so one sender) per process and settings value: Django builds a middleware
+# instance per handler, and tests or ASGI + WSGI in one process may build several.
+_pipelines: dict[str, CapturePipeline] = {}
+_pipelines_lock = threading.Lock()
+
+
+def _config_from_settings() -> CAPIConfig:
+    options = getattr(settings, "CAPI", None)
+    if options is None:
+        options = {}
+    if isinstance(options, CAPIConfig):
+        return options
+    if not isinstance(options, Mapping):
+        raise ImproperlyConfigured("settings.CAPI: must be a dict of CAPIConfig options")
+    try:
+        return CAPIConfig.from_env(**dict(options))
+    except TypeError as exc:  # an unknown key
+        raise ImproperlyConfigured(f"settings.CAPI: {exc}") from None
+    except ValueError as exc:  # CAPIConfig's message names the option
+        raise ImproperlyConfigured(f"settings.CAPI: {exc}") from None
+
+
+def get_pipeline(config: CAPIConfig | None = None) -> CapturePipeline:
+    """The process's pipeline for ``config`` (default: from ``settings.CAPI``)."""
+    config = config if config is not None else _config_from_settings()
+    key = repr(config)  # the repr covers every option (secrets masked; pixel ids differ)
+    with _pipelines_lock:
+        pipeline = _pipelines.get(key)
+        if pipeline is None or pipeline.config != config:
+            pipeline = CapturePipeline(config)
+            _pipelines[key] = pipeline
+        return pipeline
+
+
+class CAPIDjangoMiddleware:
+    """Capture Meta's match keys on every request; views send events from ``request.capi``.
+
+    Parameters:
+        get_response: the next middleware or view (Django passes it).
+
+    Configured from ``settings.CAPI`` (a dict of `CAPIConfig` options); a bad option raises
+    ``ImproperlyConfigured`` naming it at startup. Sync and async capable: under ASGI with an
+    async chain no thread is spent on it.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.pipeline = get_pipeline()
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __repr__(self) -> str:
+        return f"CAPIDjangoMiddleware(config={self.pipeline.config!r})"
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        ctx = self._capture(request)
+        token = activate(ctx)
+        try:
+            response = self.get_response(request)
+        finally:
+            deactivate(token)
+        self._set_cookies(ctx, response)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        ctx = self._capture(request)
+        token = activate(ctx)
+        try:
+            get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+            response = await get_response(request)
+        finally:
+            deactivate(token)
+        self._set_cookies(ctx, response)
+        return response
+
+    def _capture(self, request: HttpRequest) -> RequestContext:
+        pipeline = self.pipeline
+        try:
+            ctx = capture_environ(
+                pipeline,
+                request.META,
+                # request.scheme honours SECURE_PROXY_SSL_HEADER, Django's own proxy setting.
+                scheme=request.scheme,
+                raw_path=escape_uri_path(request.path),
+            )
+        except Exception as exc:
+            pipeline.count("capture_errors")
+            log_internal_error("request capture", exc)
+            ctx = pipeline.failed_context("capture")
+        request.capi = ctx
+        return ctx
+
+    def _set_cookies(self, ctx: RequestContext, response: HttpResponseBase) -> None:
+        try:
+            cookies = ctx.take_set_cookies()
+            if not cookies or is_shared_cacheable(response.headers.get("Cache-Control")):
+                return
+            for header in cookies:
+                parsed: SimpleCookie = SimpleCookie()
+                parsed.load(header)
+                for name, morsel in parsed.items():
+                    # The view's own cookie of the same name wins.
+                    if name not in response.cookies:
+                        response.cookies[name] = morsel
+        except Exception as exc:
+            self.pipeline.count("capture_errors")
+            log_internal_error("setting cookies", exc)
+
+    def stats(self) -> CaptureStats:
+        """The middleware's counters and, once an event was tracked, the sender's stats."""
+        return self.pipeline.stats()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until queued events are delivered or given up on."""
+        return self.pipeline.flush(timeout)
