@@ -1,0 +1,89 @@
+"""A one-module Django site for the tests: settings, views and URLs.
+
+Django's settings are global to a process, so every test module that uses Django calls
+`configure()` (idempotent) and swaps the ``CAPI`` setting with ``override_settings`` before it
+builds a handler: middleware is instantiated when the handler is built.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import django
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+
+MIDDLEWARE = ["capi_middleware.django.CAPIDjangoMiddleware"]
+
+
+def configure() -> None:
+    """Configure Django once for this test process."""
+    if settings.configured:
+        return
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="tests-only-not-secret",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=MIDDLEWARE,
+        INSTALLED_APPS=[],
+        USE_TZ=True,
+        CAPI={},
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+
+
+def _describe(request: HttpRequest) -> dict[str, Any]:
+    ctx = request.capi  # type: ignore[attr-defined]
+    return {
+        "client_ip": ctx.client_ip,
+        "user_agent": ctx.user_agent,
+        "fbclid": ctx.fbclid,
+        "fbc": ctx.fbc,
+        "fbp": ctx.fbp,
+        "event_source_url": ctx.event_source_url,
+    }
+
+
+def landing(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(_describe(request))
+
+
+def buy(request: HttpRequest) -> HttpResponse:
+    result = request.capi.track("Purchase", value=42.5, currency="EUR")  # type: ignore[attr-defined]
+    return JsonResponse({"event_id": result.event_id})
+
+
+async def async_buy(request: HttpRequest) -> HttpResponse:
+    from capi_middleware.context import current
+
+    ctx = current()
+    assert ctx is request.capi  # type: ignore[attr-defined]
+    result = ctx.track("Purchase", value=42.5, currency="EUR")
+    return JsonResponse({"event_id": result.event_id})
+
+
+def own_cookie(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse(json.dumps({"ok": True}), content_type="application/json")
+    response.set_cookie("session", "s1")
+    return response
+
+
+class ShopError(RuntimeError):
+    pass
+
+
+def boom(request: HttpRequest) -> HttpResponse:
+    raise ShopError("the app's own failure")
+
+
+urlpatterns = [
+    path("landing", landing),
+    path("buy", buy),
+    path("async-buy", async_buy),
+    path("own-cookie", own_cookie),
+    path("boom", boom),
+]

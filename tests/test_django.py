@@ -1,0 +1,133 @@
+"""CAPIDjangoMiddleware under WSGI and ASGI Django: settings.CAPI, request.capi, cookies."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import pytest
+from apps import django_site
+
+django_site.configure()
+
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.test import override_settings  # noqa: E402
+
+from capi_middleware.context import current  # noqa: E402
+from capi_middleware.django import get_pipeline  # noqa: E402
+
+FBCLID = "IwAR_django-Click~1"
+UA = "Mozilla/5.0 DjangoTest/1.0"
+BASE = "https://shop.example.com"
+
+
+def wsgi_get(capi: dict[str, Any], path: str, **kwargs: Any) -> httpx.Response:
+    with override_settings(CAPI=capi):
+        handler = WSGIHandler()
+    transport = httpx.WSGITransport(app=handler, remote_addr="8.8.8.8")
+    with httpx.Client(transport=transport, base_url=BASE, headers={"user-agent": UA}) as c:
+        return c.get(path, **kwargs)
+
+
+def asgi_get(capi: dict[str, Any], path: str, **kwargs: Any) -> httpx.Response:
+    with override_settings(CAPI=capi):
+        handler = ASGIHandler()
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=handler, client=("8.8.4.4", 1234))
+        async with httpx.AsyncClient(
+            transport=transport, base_url=BASE, headers={"user-agent": UA}
+        ) as c:
+            return await c.get(path, **kwargs)
+
+    return asyncio.run(go())
+
+
+GET = {"wsgi": wsgi_get, "asgi": asgi_get}
+PEER = {"wsgi": "8.8.8.8", "asgi": "8.8.4.4"}
+GRANTED = {"consent": True, "dry_run": True}
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_request_capi_holds_what_meta_matches_on(mode: str) -> None:
+    response = GET[mode](GRANTED, f"/landing?fbclid={FBCLID}&x=1")
+    body = response.json()
+    assert body["client_ip"] == PEER[mode]
+    assert body["user_agent"] == UA
+    assert body["fbclid"] == FBCLID
+    assert body["event_source_url"] == f"{BASE}/landing?fbclid={FBCLID}&x=1"
+    assert re.fullmatch(rf"fb\.1\.\d{{13}}\.{FBCLID}", body["fbc"])
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_cookies_are_set_on_the_response_with_metas_attributes(mode: str) -> None:
+    response = GET[mode](GRANTED, f"/landing?fbclid={FBCLID}")
+    # Django's WSGI handler renders Set-Cookie with a leading space; servers strip it.
+    values = [v.strip() for v in response.headers.get_list("set-cookie")]
+    fbc_header = next(v for v in values if v.startswith("_fbc="))
+    assert fbc_header.startswith(f"_fbc={response.json()['fbc']};")
+    lowered = fbc_header.lower()
+    for attribute in ("domain=example.com", "max-age=7776000", "path=/", "samesite=lax", "secure"):
+        assert attribute in lowered
+    assert "httponly" not in lowered
+    assert response.cookies.get("_fbp", "").startswith("fb.1.")
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_the_views_own_cookie_survives(mode: str) -> None:
+    response = GET[mode](GRANTED, f"/own-cookie?fbclid={FBCLID}")
+    assert response.cookies.get("session") == "s1"
+    assert response.cookies.get("_fbc", "").endswith(FBCLID)
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+@pytest.mark.parametrize("path", ["/buy", "/async-buy"])
+def test_track_from_sync_and_async_views(mode: str, path: str) -> None:
+    response = GET[mode](GRANTED, f"{path}?fbclid={FBCLID}")
+    assert response.status_code == 200
+    assert re.fullmatch(r"[0-9a-f-]{16,}", response.json()["event_id"])
+    assert current() is None  # reset after the request
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_without_consent_no_cookies(mode: str) -> None:
+    response = GET[mode]({"dry_run": True}, f"/landing?fbclid={FBCLID}")
+    assert response.headers.get_list("set-cookie") == []
+    assert response.json()["fbc"] is None
+
+
+def test_the_views_exception_is_handled_by_django_as_usual() -> None:
+    assert wsgi_get(GRANTED, "/boom").status_code == 500
+
+
+@pytest.mark.parametrize(
+    ("capi", "message"),
+    [
+        ({"pixle_id": "1"}, "pixle_id"),
+        ({"pixel_id": "abc", "access_token": "t"}, "pixel_id"),
+        ({"trusted_proxies": ["not a network"]}, "trusted_proxies"),
+        ("pixel=1", "settings.CAPI"),
+    ],
+)
+def test_bad_settings_fail_at_startup_naming_the_option(capi: Any, message: str) -> None:
+    with override_settings(CAPI=capi), pytest.raises(ImproperlyConfigured, match=message):
+        WSGIHandler()
+
+
+def test_one_pipeline_per_process_and_settings() -> None:
+    with override_settings(CAPI=GRANTED):
+        first = get_pipeline()
+        assert get_pipeline() is first
+    with override_settings(CAPI={"consent": True, "dry_run": True, "set_fbp": False}):
+        assert get_pipeline() is not first
+
+
+def test_env_vars_fill_what_settings_leave_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("META_PIXEL_ID", "777")
+    monkeypatch.setenv("META_ACCESS_TOKEN", "env-token")
+    with override_settings(CAPI={"consent": True}):
+        assert get_pipeline().config.pixel_id == "777"
