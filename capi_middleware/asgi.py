@@ -24,9 +24,10 @@ from capi_middleware.context import (
     CapturePipeline,
     CaptureStats,
     RequestContext,
-    _log_internal_error,
     activate,
     deactivate,
+    is_shared_cacheable,
+    log_internal_error,
 )
 
 __all__ = ["CAPIMiddleware"]
@@ -108,13 +109,13 @@ class CAPIMiddleware:
             ctx = _capture_scope(pipeline, scope)
         except Exception as exc:
             pipeline.count("capture_errors")
-            _log_internal_error("request capture", exc)
+            log_internal_error("request capture", exc)
             ctx = pipeline.failed_context("capture")
         try:
             scope.setdefault("state", {})["capi"] = ctx
         except Exception as exc:  # a scope["state"] that is not a mapping: the app's business
             pipeline.count("capture_errors")
-            _log_internal_error("storing the request context", exc)
+            log_internal_error("storing the request context", exc)
         return ctx
 
     # -- lifespan ---------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class CAPIMiddleware:
                 try:
                     await anyio.to_thread.run_sync(self._pipeline.close)
                 except Exception as exc:
-                    _log_internal_error("flush at lifespan shutdown", exc)
+                    log_internal_error("flush at lifespan shutdown", exc)
             return message
 
         return receive_and_flush
@@ -195,21 +196,11 @@ def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipelin
             return
         message.setdefault("headers", [])
         headers = MutableHeaders(scope=message)
-        if _shared_cacheable(headers.get("cache-control")):
+        if is_shared_cacheable(headers.get("cache-control")):
             # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
             return
         for cookie in cookies:
             headers.append("set-cookie", cookie)
     except Exception as exc:
         pipeline.count("capture_errors")
-        _log_internal_error("setting cookies", exc)
-
-
-def _shared_cacheable(cache_control: str | None) -> bool:
-    """True when the response says a shared cache (CDN, proxy) may store it."""
-    if not cache_control:
-        return False
-    directives = cache_control.lower()
-    if "private" in directives or "no-store" in directives:
-        return False
-    return "public" in directives or "s-maxage" in directives
+        log_internal_error("setting cookies", exc)

@@ -289,7 +289,7 @@ class RequestContext:
             raise  # only raised with strict=True, on purpose
         except Exception as exc:
             self._pipeline.count("track_errors")
-            _log_internal_error("track()", exc)
+            log_internal_error("track()", exc)
             return TrackResult(
                 event_id=event_id if isinstance(event_id, str) and event_id else _new_id(),
                 status="error",
@@ -476,7 +476,7 @@ class CapturePipeline:
             except Exception as exc:
                 # Keep the request and the context; only the cookies are lost.
                 self.count("capture_errors")
-                _log_internal_error("cookie planning", exc)
+                log_internal_error("cookie planning", exc)
             else:
                 ctx.fbc = plan.fbc
                 ctx.fbp = plan.fbp
@@ -502,6 +502,19 @@ class CapturePipeline:
         """``RequestContext.track``'s body; see there."""
         config = self.config
         name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+        for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
+            if value is not None and not isinstance(value, Mapping):
+                problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
+                if config.strict:
+                    raise CAPIValidationError([problem])
+                with self._counts_lock:
+                    self._invalid[arg] += 1
+                return TrackResult(
+                    event_id=event_id or _new_id(),
+                    status="invalid",
+                    problems=(problem,),
+                    event_name=name,
+                )
         merged_custom: dict[str, Any] = dict(custom_data) if custom_data else {}
         merged_custom.update(custom_data_fields)
 
@@ -598,7 +611,12 @@ class CapturePipeline:
         outcome = sender.submit(
             event.to_dict(), durable=config.durable if durable is None else durable
         )
-        status: TrackStatus = "queued" if _accepted(outcome) else "dropped"
+        if outcome.dropped:
+            # Queue full, sender closed or no pixel configured: counted by the sender too.
+            reason = outcome.reason or "unknown"
+            dropped = Problem("event", f"not queued for {outcome.dropped} pixel(s): {reason}")
+            result_args["problems"] = (*built.problems, dropped)
+        status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
         return TrackResult(status=status, **result_args)
 
     # -- the sender -------------------------------------------------------------------------
@@ -662,17 +680,6 @@ class CapturePipeline:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _accepted(outcome: object) -> bool:
-    """Read the sender's SubmitStatus (an enum, a string or a bool) as accepted or not."""
-    if isinstance(outcome, bool):
-        return outcome
-    accepted = getattr(outcome, "accepted", None)
-    if isinstance(accepted, bool):
-        return accepted
-    value = getattr(outcome, "value", outcome)
-    return str(value).lower() in ("accepted", "queued", "enqueued", "stored", "committed")
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
@@ -780,7 +787,7 @@ def _clean_referrer(value: str | None) -> str | None:
     return value if _REFERRER.fullmatch(value) else None
 
 
-def _log_internal_error(where: str, exc: BaseException) -> None:
+def log_internal_error(where: str, exc: BaseException) -> None:
     """Log our own failure without the exception's message (it may quote personal data)."""
     frames = traceback.extract_tb(exc.__traceback__)
     last = frames[-1] if frames else None
@@ -791,3 +798,17 @@ def _log_internal_error(where: str, exc: BaseException) -> None:
         type(exc).__name__,
         at,
     )
+
+
+def is_shared_cacheable(cache_control: str | None) -> bool:
+    """True when a response's Cache-Control lets a shared cache (CDN, proxy) store it.
+
+    Adapters add no cookies to such a response: the cache would hand this visitor's minted
+    ``_fbp``/``_fbc`` to every later visitor, merging strangers into one browser for Meta.
+    """
+    if not cache_control:
+        return False
+    directives = cache_control.lower()
+    if "private" in directives or "no-store" in directives:
+        return False
+    return "public" in directives or "s-maxage" in directives
