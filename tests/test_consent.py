@@ -633,6 +633,7 @@ def test_always_policies() -> None:
 # -- evaluate and the default policy --------------------------------------------------------
 
 CM_GRANTED = "ad_storage=granted&ad_user_data=granted"
+POLICY_YES = (True, False, "policy")
 CM_DENIED = "ad_storage=denied&ad_user_data=denied"
 
 
@@ -649,9 +650,9 @@ CM_DENIED = "ad_storage=denied&ad_user_data=denied"
         (None, sig(**{"euconsent-v2": TC_2_ONLY}), (False, False, "tcf_v2")),
         (None, sig(**{"euconsent-v2": "junk"}), (False, False, "no_signal")),
         # the site's own cookie outranks Consent Mode, which outranks TCF
-        (None, sig(cookie_consent="0", capi_consent_mode=CM_GRANTED), (False, False, "site_cookie")),
-        (None, sig(cookie_consent="1", capi_consent_mode=CM_DENIED), (True, False, "site_cookie")),
-        (None, sig(capi_consent_mode=CM_DENIED, **{"euconsent-v2": TC_1_7_755}), (False, False, "consent_mode")),
+        (None, sig(cookie_consent="0", capi_consent_mode=CM_GRANTED), DENY_SC),
+        (None, sig(cookie_consent="1", capi_consent_mode=CM_DENIED), GRANT_SC),
+        (None, sig(capi_consent_mode=CM_DENIED, **{"euconsent-v2": TC_1_7_755}), DENY_CM),
         (None, sig(cookie_consent="huh", **{"euconsent-v2": TC_1_7_755}), (True, False, "tcf_v2")),
         (True, sig(), (True, False, "not_required")),
         (True, sig({"Sec-GPC": "1"}), (True, True, "not_required+gpc")),
@@ -664,7 +665,7 @@ CM_DENIED = "ad_storage=denied&ad_user_data=denied"
         (lambda s: False, sig(), (False, False, "policy")),
         (lambda s: GRANTED, sig(), (True, False, "granted")),
         (lambda s: DENIED, sig(), (False, False, "denied")),
-        (lambda s: s.header("x-consent") == "yes", sig({"X-Consent": "yes"}), (True, False, "policy")),
+        (lambda s: s.header("x-consent") == "yes", sig({"X-CONSENT": "yes"}), POLICY_YES),
         (default_policy(), sig(), (False, False, "no_signal")),
     ],
 )  # fmt: skip
