@@ -9,8 +9,8 @@ Every answer falls in exactly one class:
 - ``rate_limited``: HTTP 429 or ``code`` 4, 17, 32, 341, 613, 80000-80014: pause the whole sender,
   honour ``Retry-After``, keep the events.
 - ``bad_config``: ``code`` 190 (token), 10 and 200-299 (permissions), 100 with subcode 33 (no such
-  pixel), a rejected ``appsecret_proof``, HTTP 401/403/404 without a known code: pause, keep the
-  events, log once.
+  pixel), 803 and 2500 (no such object or path), a rejected ``appsecret_proof``, HTTP 401/403/404
+  without a known code: pause, keep the events, log once.
 - ``bad_event``: HTTP 400 with ``code`` 100 (subcodes 2804xxx) and any other 4xx: one event may
   spoil the whole request, so the sender splits the batch to find it.
 """
@@ -43,8 +43,9 @@ VerdictKind = Literal["delivered", "transient", "rate_limited", "bad_event", "ba
 # Graph's throttling codes: app (4), user (17), page/account (32, 613), ads API (80000-80014),
 # and 341 ("application limit reached").
 RATE_LIMIT_CODES: frozenset[int] = frozenset({4, 17, 32, 341, 613, *range(80000, 80015)})
-# 190: the token is invalid or expired; 10 and 200-299: permission denied.
-CONFIG_CODES: frozenset[int] = frozenset({10, 190, *range(200, 300)})
+# 190: the token is invalid or expired; 10 and 200-299: permission denied; 803 and 2500: the
+# URL names no such object or path (a wrong pixel id, graph_url or api_version).
+CONFIG_CODES: frozenset[int] = frozenset({10, 190, 803, 2500, *range(200, 300)})
 # 1: "An unknown error occurred"; 2: "Service temporarily unavailable".
 TRANSIENT_CODES: frozenset[int] = frozenset({1, 2})
 _NO_SUCH_OBJECT_SUBCODE = 33  # code 100, subcode 33: the pixel id does not exist / no access
