@@ -702,7 +702,7 @@ class SQLiteStore:
         self._log.error(
             f"{operation}:{kind}",
             "capi outbox %s: %s failed (%s); events wait in memory (up to %d) and the file is "
-            "retried every %.0fs",
+            "retried every %gs",
             self.path,
             operation,
             kind,
