@@ -29,7 +29,7 @@ from capi_middleware.asgi import CAPIMiddleware
 __all__ = ["create_shop", "run_demo"]
 
 DEMO_PIXEL_ID = "1234567890"
-DEMO_TOKEN = "demo-access-token"  # only ever sent to the local fake
+DEMO_TOKEN = "demo-access-token"  # noqa: S105 - only ever sent to the local fake
 
 PRODUCTS = {
     "tee": {"title": "Organic cotton tee", "price": 29.0},
@@ -266,7 +266,8 @@ def _smoke(url: str, shop: CAPIMiddleware, fake: Any, stream: TextIO) -> int:
         and purchases[0]["user_data"].get("fbc") == fbc
         and f'"eventID":"{purchases[0]["event_id"]}"' in buy.text.replace(" ", "")
     )
-    print(f"\nsmoke: {'ok' if ok else 'FAILED'} (_fbc={fbc}, purchases={len(purchases)})", file=stream)
+    verdict = "ok" if ok else "FAILED"
+    print(f"\nsmoke: {verdict} (_fbc={fbc}, purchases={len(purchases)})", file=stream)
     return 0 if ok else 1
 
 
