@@ -8,12 +8,15 @@ builds a handler: middleware is instantiated when the handler is built.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import django
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
+
+from apps.frameworks import buy as track_purchase
+from apps.frameworks import describe
+from capi_middleware.context import current
 
 MIDDLEWARE = ["capi_middleware.django.CAPIDjangoMiddleware"]
 
@@ -36,34 +39,18 @@ def configure() -> None:
     django.setup()
 
 
-def _describe(request: HttpRequest) -> dict[str, Any]:
-    ctx = request.capi  # type: ignore[attr-defined]
-    return {
-        "client_ip": ctx.client_ip,
-        "user_agent": ctx.user_agent,
-        "fbclid": ctx.fbclid,
-        "fbc": ctx.fbc,
-        "fbp": ctx.fbp,
-        "event_source_url": ctx.event_source_url,
-    }
-
-
 def landing(request: HttpRequest) -> HttpResponse:
-    return JsonResponse(_describe(request))
+    return JsonResponse(describe(request.capi))
 
 
 def buy(request: HttpRequest) -> HttpResponse:
-    result = request.capi.track("Purchase", value=42.5, currency="EUR")  # type: ignore[attr-defined]
-    return JsonResponse({"event_id": result.event_id})
+    return JsonResponse(track_purchase(request.capi))
 
 
 async def async_buy(request: HttpRequest) -> HttpResponse:
-    from capi_middleware.context import current
-
-    ctx = current()
-    assert ctx is request.capi  # type: ignore[attr-defined]
-    result = ctx.track("Purchase", value=42.5, currency="EUR")
-    return JsonResponse({"event_id": result.event_id})
+    ctx = current()  # set by the middleware around the async view too
+    assert ctx is request.capi
+    return JsonResponse(track_purchase(ctx))
 
 
 def own_cookie(request: HttpRequest) -> HttpResponse:
