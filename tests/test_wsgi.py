@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import RequestContext, current
+from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 from capi_middleware.wsgi import CAPIWSGIMiddleware, environ_raw_path
 
 FBCLID = "IwAR2_Ab-cD~ef"
@@ -330,3 +334,101 @@ def test_env_vars_fill_unset_options(monkeypatch: pytest.MonkeyPatch) -> None:
     app = CAPIWSGIMiddleware(json_app, dry_run=True)
     assert app.config.pixel_id == "555"
     assert app.config.graph_url == "http://127.0.0.1:9"
+
+
+# -- delivery ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGraphAPI]:
+    with FakeGraphAPI() as api:
+        yield api
+
+
+def test_a_purchase_reaches_meta_with_the_visitors_match_keys(fake: FakeGraphAPI) -> None:
+    app = CAPIWSGIMiddleware(
+        json_app,
+        pixel_id=FAKE_PIXEL_ID,
+        access_token=FAKE_ACCESS_TOKEN,
+        graph_url=fake.url,
+        consent=True,
+        flush_interval=0.05,
+    )
+    try:
+        with client(app) as c:
+            body = c.get("/buy?fbclid=IwAR_wsgi-Click").json()
+        assert body["status"] == "queued"
+        assert app.flush(10)
+        stats = app.stats()
+    finally:
+        app.close(5)
+    [event] = fake.events
+    assert event["event_id"] == body["event_id"]
+    assert event["user_data"]["fbc"] == body["fbc"]
+    assert event["user_data"]["client_ip_address"] == "8.8.8.8"
+    assert event["user_data"]["client_user_agent"] == UA
+    assert stats.requests == 1
+    assert stats.delivery is not None
+    assert stats.delivery.delivered == 1
+    assert stats.delivery.balanced
+
+
+EXITING_APP = """
+import sys, httpx
+from capi_middleware.wsgi import CAPIWSGIMiddleware
+
+def app(environ, start_response):
+    result = environ["capi"].track("Purchase", value=5, currency="USD")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [result.status.encode()]
+
+wrapped = CAPIWSGIMiddleware(app, consent=True, flush_interval=30)
+transport = httpx.WSGITransport(app=wrapped, remote_addr="8.8.8.8")
+with httpx.Client(transport=transport, base_url="https://shop.example.com") as c:
+    print(c.get("/thanks").text, flush=True)
+# No close(), no flush(): a WSGI app has no shutdown hook; the exit handler must deliver.
+"""
+
+
+def test_events_still_queued_at_interpreter_exit_are_delivered(fake: FakeGraphAPI) -> None:
+    env = {
+        **os.environ,
+        "META_PIXEL_ID": FAKE_PIXEL_ID,
+        "META_ACCESS_TOKEN": FAKE_ACCESS_TOKEN,
+        "META_GRAPH_URL": fake.url,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", EXITING_APP], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "queued"
+    assert [e["event_name"] for e in fake.events] == ["Purchase"]
+
+
+def test_prometheus_reads_the_middlewares_counters(fake: FakeGraphAPI) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from capi_middleware.prometheus import register_collector
+
+    app = CAPIWSGIMiddleware(
+        json_app,
+        pixel_id=FAKE_PIXEL_ID,
+        access_token=FAKE_ACCESS_TOKEN,
+        graph_url=fake.url,
+        consent=True,
+        flush_interval=0.05,
+    )
+    registry = CollectorRegistry()
+    register_collector(app, registry=registry)
+    try:
+        with client(app) as c:
+            c.get("/buy")
+            c.get("/")
+        assert app.flush(10)
+    finally:
+        app.close(5)
+    text = generate_latest(registry).decode()
+    assert "capi_requests_total 2.0" in text
+    assert "capi_events_enqueued_total 1.0" in text
+    assert "capi_events_delivered_total 1.0" in text
+    assert "capi_backlog 0.0" in text
