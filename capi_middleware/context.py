@@ -348,6 +348,7 @@ class CapturePipeline:
             EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
         )
         self._sender: Sender | None = None
+        self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -373,7 +374,7 @@ class CapturePipeline:
         with self._counts_lock:
             counts = dict(self._counts)
             invalid = dict(self._invalid)
-        sender = self._sender
+        sender = self._sender or self._closed_sender
         return CaptureStats(
             requests=counts.get("requests", 0),
             capture_errors=counts.get("capture_errors", 0),
@@ -611,10 +612,10 @@ class CapturePipeline:
         outcome = sender.submit(
             event.to_dict(), durable=config.durable if durable is None else durable
         )
-        if outcome.dropped:
+        if outcome.dropped or outcome.accepted == 0:
             # Queue full, sender closed or no pixel configured: counted by the sender too.
             reason = outcome.reason or "unknown"
-            dropped = Problem("event", f"not queued for {outcome.dropped} pixel(s): {reason}")
+            dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
         return TrackResult(status=status, **result_args)
@@ -643,6 +644,8 @@ class CapturePipeline:
         """Flush and stop the sender; a later track() obtains a fresh one."""
         with self._sender_lock:
             sender, self._sender = self._sender, None
+            if sender is not None:
+                self._closed_sender = sender  # its final stats stay readable
         if sender is None:
             return True
         return sender.close(timeout if timeout is not None else self.config.shutdown_timeout)
