@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -328,6 +329,15 @@ def test_event_id_generated_when_absent_and_unique() -> None:
     assert second.event is not None
     assert len(first.event.event_id) == 32
     assert first.event.event_id != second.event.event_id
+
+
+def test_generated_event_id_is_a_uuid4_hex() -> None:
+    for _ in range(200):
+        value = new_event_id()
+        parsed = uuid.UUID(hex=value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert parsed.hex == value
 
 
 def test_event_id_given_is_kept() -> None:
@@ -839,6 +849,32 @@ def test_build_refuses_event_over_64kb() -> None:
     result = build(custom_data={"value": 5, "currency": "USD", "note": "é" * 40_000})
     assert result.event is None  # 80,000 bytes in UTF-8
     assert only_problem(result.problems).field == "event"
+
+
+def test_event_just_under_64kb_is_accepted() -> None:
+    # Bigger than the quick size bound, smaller than the limit: the exact size decides.
+    result = build(custom_data={"value": 5, "currency": "USD", "note": "x" * 60_000})
+    assert result.ok, result.problems
+    assert result.event is not None
+    assert len(encode_json(result.event.to_dict())) <= MAX_EVENT_BYTES
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"event_source_url": "https://shop.example.com/?q=" + "x" * 70_000},
+        {"referrer_url": "https://google.com/?q=" + "\x01" * 12_000},  # 6 bytes each
+        {
+            "hash_external_id": False,
+            "user_data": web_user(external_id=[f"{i:04d}" + "x" * 1000 for i in range(70)]),
+        },
+    ],
+)
+def test_build_refuses_oversized_event_from_any_part(kwargs: dict[str, Any]) -> None:
+    result = build(**kwargs)
+    assert result.event is None
+    problem = only_problem(result.problems)
+    assert problem.field == "event"
 
 
 class BrokenMapping(dict):  # type: ignore[type-arg]
