@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from capi_middleware.config import CAPIConfig
+from capi_middleware.delivery.sender import Sender
 from capi_middleware.delivery.sqlite_store import SQLiteStore
 from capi_middleware.delivery.store import DeadLetter, NewEvent
+from capi_middleware.testing import FAKE_PIXEL_ID, FakeGraphAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_800_000_000.0  # a fixed wall-clock "now": leases and backoff are tested without sleeping
@@ -510,3 +513,74 @@ def test_a_file_that_is_not_sqlite_at_all(path: Path) -> None:
     finally:
         s.close()
     assert path.read_bytes() == b"garbage" * 1000
+
+
+def test_max_events_bounds_the_backlog_across_restarts(path: Path) -> None:
+    s = SQLiteStore(path, max_events=5)
+    try:
+        assert s.put([make_event(i) for i in range(7)], wait=True) == 5
+        assert s.put([make_event(7)]) == 0
+        s.ack([e.id for e in s.claim(2, lease_seconds=30, now=NOW)])
+        assert s.put([make_event(i) for i in range(8, 11)], wait=True) == 2
+    finally:
+        s.close()
+    again = SQLiteStore(path, max_events=5)  # counts the rows it finds in the file
+    try:
+        assert again.put([make_event(20)]) == 0
+        assert again.backlog() == 5
+    finally:
+        again.close()
+
+
+# -- with the real sender ---------------------------------------------------------------------
+
+
+def _meta_event(event_id: str) -> dict[str, object]:
+    return {
+        "event_name": "Purchase",
+        "event_time": int(time.time()),
+        "event_id": event_id,
+        "action_source": "website",
+        "user_data": {"em": ["b" * 64], "client_user_agent": "pytest"},
+        "custom_data": {"value": 12.5, "currency": "USD"},
+    }
+
+
+def test_the_sender_delivers_what_a_previous_run_left_then_prunes(path: Path) -> None:
+    left = SQLiteStore(path)  # a previous run that stopped before Meta answered
+    left.put(
+        [
+            NewEvent(
+                FAKE_PIXEL_ID,
+                json.dumps(_meta_event(f"old-{i}")).encode(),
+                f"old-{i}",
+                int(time.time()),
+                "website",
+            )
+            for i in range(10)
+        ],
+        wait=True,
+    )
+    left.close()
+    with FakeGraphAPI() as fake:
+        config = CAPIConfig(
+            pixel_id=FAKE_PIXEL_ID,
+            access_token=fake.access_token,
+            graph_url=fake.url,
+            outbox=str(path),
+            flush_interval=0.05,
+        )
+        sender = Sender(config)
+        try:
+            for i in range(5):
+                assert sender.submit(_meta_event(f"new-{i}"), durable=True).ok
+            assert fake.wait_for_events(15)
+            assert sender.flush(10)
+        finally:
+            sender.close(5)
+        stats = sender.stats()
+    assert sorted(fake.event_ids) == sorted(
+        [f"old-{i}" for i in range(10)] + [f"new-{i}" for i in range(5)]
+    )
+    assert stats.delivered == 15
+    assert count(path) == 0  # delivered rows are pruned

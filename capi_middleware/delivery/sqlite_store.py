@@ -204,6 +204,10 @@ class SQLiteStore:
         synchronous: SQLite ``synchronous`` pragma. ``"NORMAL"`` (default) survives a crash of
             the process; ``"FULL"`` also survives a power loss, at an fsync per group.
         wait_timeout: seconds at most that ``put(..., wait=True)`` waits for its group.
+        max_events: the backlog (the file's rows plus events in memory) at most; past it
+            ``put`` accepts fewer. The file's row count is tracked as this process writes and
+            acknowledges, and re-read on each `backlog` call (other processes' rows). None: no
+            limit but the disk and ``max_bytes``.
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class SQLiteStore:
         max_bytes: int | None = None,
         synchronous: str = "NORMAL",
         wait_timeout: float = 30.0,
+        max_events: int | None = None,
     ) -> None:
         for name, value in (("memory_fallback", memory_fallback), ("max_pending", max_pending)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -233,6 +238,10 @@ class SQLiteStore:
                 raise ValueError(f"{name}: must be a non-negative number of seconds")
         if not isinstance(reopen_interval, (int, float)) or not 0 < reopen_interval < 1e9:
             raise ValueError("reopen_interval: must be a positive number of seconds")
+        if max_events is not None and (
+            isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1
+        ):
+            raise ValueError("max_events: must be a positive integer, or None")
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 4096):
             raise ValueError("max_bytes: must be at least 4096 bytes, or None")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -245,6 +254,7 @@ class SQLiteStore:
         self._busy_timeout = float(busy_timeout)
         self._reopen_interval = float(reopen_interval)
         self._max_bytes = max_bytes
+        self._max_events = max_events
         self._synchronous = synchronous.upper()
         self._wait_timeout = float(wait_timeout)
         self._log = _OnceLog()
@@ -278,6 +288,8 @@ class SQLiteStore:
         self._next_identity_check = 0.0
         self._closing = False
         self._writer: threading.Thread | None = None
+        self._lazy_open = False
+        self._rows_estimate = 0  # rows in the file, for max_events; refreshed by backlog()
 
     def reopen_after_fork(self) -> None:
         """Start this store afresh in a forked child: its own connection, threads and leases.
@@ -289,9 +301,9 @@ class SQLiteStore:
         if self._conn is not None:
             _INHERITED_CONNECTIONS.append(self._conn)
         self._init_process_state()
-        if not self._closed:
-            with self._db_lock:
-                self._open_or_fall_back()
+        # Opened on first use: a child that never uses this store (the sender may open its
+        # own) costs no connection.
+        self._lazy_open = not self._closed
 
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:
@@ -327,6 +339,9 @@ class SQLiteStore:
                 room = self._memory_fallback - in_memory - len(self._memory)
             else:
                 room = self._max_pending - in_memory
+            if self._max_events is not None:
+                held = self._rows_estimate + in_memory + len(self._memory)
+                room = min(room, self._max_events - held)
             accepted = prepared[: max(0, room)]
             if len(accepted) < len(prepared):
                 self._log.error(
@@ -383,7 +398,7 @@ class SQLiteStore:
         if remaining <= 0:
             return out
         with self._db_lock:
-            conn = self._conn
+            conn = self._connection()
             if conn is None:
                 return out
             try:
@@ -443,7 +458,7 @@ class SQLiteStore:
         if not disk_ids or self._closed:
             return
         with self._db_lock:
-            conn = self._conn
+            conn = self._connection()
             if conn is None:
                 return
             try:
@@ -476,7 +491,7 @@ class SQLiteStore:
         now = time.time()
         reason = (letter.reason, letter.code, letter.subcode, letter.message, letter.fbtrace_id)
         with self._db_lock:
-            conn = self._conn
+            conn = self._connection()
             try:
                 if conn is None:
                     raise sqlite3.OperationalError("the outbox file is not open")
@@ -484,6 +499,7 @@ class SQLiteStore:
                     for i in disk_ids:
                         conn.execute(_DEAD_FROM_EVENT, (*reason, now, i))
                         conn.execute("DELETE FROM events WHERE id = ?", (i,))
+                        self._rows_estimate = max(0, self._rows_estimate - 1)
                     conn.executemany(
                         _DEAD_FROM_MEMORY,
                         [
@@ -512,10 +528,11 @@ class SQLiteStore:
         self._check_fork()
         with self._db_lock:
             on_disk = 0
-            conn = self._conn
+            conn = self._connection()
             if conn is not None:
                 try:
                     on_disk = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                    self._rows_estimate = on_disk
                     on_disk -= len(self._deferred_acks)
                 except (sqlite3.Error, OSError) as exc:
                     self._storage_failed("backlog", exc)
@@ -535,7 +552,7 @@ class SQLiteStore:
             for row in self._memory.values():
                 candidates.append(max(row.not_before, row.lease_until or 0.0))
         with self._db_lock:
-            conn = self._conn
+            conn = self._connection()
             if conn is not None:
                 try:
                     waiting = conn.execute(
@@ -668,7 +685,7 @@ class SQLiteStore:
         """Write one group in one transaction, or keep it in memory (called with _db_lock)."""
         committed = False
         if not self._broken:
-            conn = self._conn
+            conn = self._connection()
             try:
                 if conn is None:
                     raise sqlite3.OperationalError("the outbox file is not open")
@@ -678,7 +695,9 @@ class SQLiteStore:
             except (sqlite3.Error, OSError) as exc:
                 self._storage_failed("write", exc)
         with self._cond:
-            if not committed:
+            if committed:
+                self._rows_estimate += len(group)
+            else:
                 for p in group:
                     self._memory[self._next_memory_id] = _MemoryRow(p)
                     self._next_memory_id -= 1
@@ -733,10 +752,12 @@ class SQLiteStore:
         self._next_repair = time.monotonic() + self._reopen_interval
         if self._file_replaced() and self._conn is not None:
             self._adopt_rows_of_replaced_file()
-        if self._conn is None and not self._open_or_fall_back():
-            return
-        conn = self._conn
-        assert conn is not None
+        conn = self._connection()
+        if conn is None:
+            if not self._open_or_fall_back():
+                return
+            conn = self._conn
+            assert conn is not None
         if self._deferred_acks:
             acks = sorted(self._deferred_acks)
             if not self._delete_rows(acks):
@@ -760,6 +781,7 @@ class SQLiteStore:
         with self._cond:
             for row_id, _ in moving:
                 self._memory.pop(row_id, None)
+            self._rows_estimate += len(moving)
             self._cond.notify_all()
         if self._broken:
             self._broken = False
@@ -771,7 +793,7 @@ class SQLiteStore:
             )
 
     def _delete_rows(self, ids: Sequence[int]) -> bool:
-        conn = self._conn
+        conn = self._connection()
         if conn is None:
             return False
         try:
@@ -780,6 +802,7 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             self._storage_failed("ack", exc)
             return False
+        self._rows_estimate = max(0, self._rows_estimate - len(ids))
         return True
 
     def _forget_memory_rows(self, ids: Sequence[int]) -> list[int]:
@@ -792,6 +815,13 @@ class SQLiteStore:
         return disk_ids
 
     # -- the file -----------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection | None:
+        """The open connection, opening it first after a fork (called with _db_lock)."""
+        if self._lazy_open and self._conn is None:
+            self._lazy_open = False
+            self._open_or_fall_back()
+        return self._conn
 
     def _open_or_fall_back(self) -> bool:
         """Open (creating) the file; on failure log and keep events in memory. Needs _db_lock."""
@@ -830,6 +860,7 @@ class SQLiteStore:
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             _migrate(conn)
+            self._rows_estimate = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             if self._max_bytes is not None:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(2, self._max_bytes // page_size)}")
