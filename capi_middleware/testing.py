@@ -458,7 +458,7 @@ class FakeGraphAPI:
         """Hold the next ``n`` requests without answering (until ``seconds`` or `stop`)."""
         with self._lock:
             for _ in range(n):
-                self._faults.append(_Fault(status=0, hang=seconds))
+                self._faults.append(_Fault(status=0, hang=float(seconds)))
 
     def poison(self, event_id: str, *, subcode: int = 2804019, message: str = "") -> None:
         """Any request carrying ``event_id`` is rejected whole: HTTP 400, code 100, ``subcode``."""
