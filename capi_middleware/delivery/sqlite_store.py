@@ -314,7 +314,8 @@ class SQLiteStore:
     @property
     def durable(self) -> bool:
         """True while events go to the file; False while the disk fails and they wait in memory."""
-        return self._conn is not None and not self._broken and not self._closed
+        opened = self._conn is not None or self._lazy_open  # after fork: opened on first use
+        return opened and not self._broken and not self._closed
 
     def put(self, events: Sequence[NewEvent], *, wait: bool = False) -> int:
         """Accept events for the next group commit; return how many (a prefix) were accepted.
@@ -1023,12 +1024,16 @@ def open_outbox_file(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
-def _close_all_at_exit() -> None:
-    """Commit what is pending in every open store when the interpreter exits."""
+def _flush_all_at_exit() -> None:
+    """Commit what is pending in every open store when the interpreter exits.
+
+    Only a flush, not a close: the sender's own exit handler may still put events and close the
+    store after this runs (atexit handlers run last-registered first).
+    """
     for store in list(_LIVE_STORES):
         with contextlib.suppress(Exception):
-            if store._pid == os.getpid():
-                store.close(timeout=2.0)
+            if store._pid == os.getpid() and not store._closed:
+                store.flush(timeout=2.0)
 
 
 def _reopen_all_in_child() -> None:
@@ -1036,6 +1041,6 @@ def _reopen_all_in_child() -> None:
         store.reopen_after_fork()
 
 
-atexit.register(_close_all_at_exit)
+atexit.register(_flush_all_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reopen_all_in_child)
