@@ -268,6 +268,8 @@ def _letters(text: str) -> str:
     if text.isascii():
         return _NOT_ASCII_LETTER.sub("", text.lower())
     text = unicodedata.normalize("NFC", text.lower())
+    if text.isalpha():
+        return text  # "josé", "李": nothing to filter (isalpha implies categories L*)
     category = unicodedata.category
     return "".join(ch for ch in text if category(ch)[0] in "LM")
 
@@ -493,7 +495,7 @@ def _gender(value: object, cc: str | None = None) -> str:
 
 def _external_id(value: object, cc: str | None = None, *, lowercase: bool = True) -> str:
     text = _text(value, _MAX_LEN["external_id"], allow_int=True)
-    if _CONTROL.search(text) is not None:
+    if not text.isprintable() and _CONTROL.search(text) is not None:
         raise _Reject("contains control characters")
     # Lowercased as Meta's Node SDK and the pixel do, so server and browser hashes agree.
     return text.lower() if lowercase else text
@@ -622,7 +624,7 @@ def _clear_value(key: str, value: object) -> str:
         raise _Reject("expected a single string, got a list")
     limit = _MAX_LEN.get(key, _MAX_CLEAR_DEFAULT)
     text = _text(value, limit, allow_int=key in _NUMERIC_ID_CLEAR_KEYS)
-    if _CONTROL.search(text) is not None:
+    if not text.isprintable() and _CONTROL.search(text) is not None:
         raise _Reject("contains control characters")
     return text
 
