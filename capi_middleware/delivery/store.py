@@ -12,6 +12,8 @@ Rules every store keeps:
   expires (a killed worker's events come back) or it is acknowledged / retried / dead-lettered.
 - ``payload`` is stored once and returned byte for byte, so every retry sends the same bytes
   and the same event_id.
+- Times (``now``, ``not_before``) are wall-clock ``time.time()``: rows outlive the process and
+  are shared between processes, so a monotonic clock would not do.
 """
 
 from __future__ import annotations
@@ -95,9 +97,13 @@ class EventStore(Protocol):
         ...
 
     def next_due(self) -> float | None:
-        """The earliest ``not_before`` among waiting, unleased events; None when there are none."""
+        """When the next event becomes claimable: the earliest ``not_before`` among waiting
+        events, or the end of the earliest live lease; None when nothing waits."""
         ...
 
     def close(self) -> None:
-        """Release files and threads. Events not yet delivered stay (durable) or are lost (memory)."""
+        """Release files and threads.
+
+        Events not yet delivered stay (durable stores) or are lost (memory).
+        """
         ...
