@@ -460,6 +460,13 @@ def test_built_purchase_carries_metas_doc_example_hashes() -> None:
     assert hashlib.sha256(b"john_smith@gmail.com").hexdigest() == EMAIL_HASH
 
 
+def test_already_hashed_values_are_not_hashed_again() -> None:
+    result = build(user_data=web_user(em=EMAIL_HASH.upper(), external_id=[H, H]))
+    assert result.event is not None, result.problems
+    assert result.event.user_data["em"] == [EMAIL_HASH]
+    assert result.event.user_data["external_id"] == [H]
+
+
 def test_clear_keys_are_sent_as_given() -> None:
     result = build(user_data=web_user(fbp="fb.1.1700000000000.123456789"))
     assert result.event is not None
