@@ -299,6 +299,14 @@ def test_meta_fields_are_coerced() -> None:
     }
 
 
+def test_mapping_is_idempotent() -> None:
+    # the pixel may be handed custom_data that the server already mapped
+    once, _ = map_custom_data(GA4_PURCHASE)
+    twice, problems = map_custom_data(once)
+    assert problems == []
+    assert twice == once
+
+
 def test_single_content_id_becomes_a_list() -> None:
     mapped, _ = map_custom_data({"content_ids": "SKU"})
     assert mapped["content_ids"] == ["SKU"]
