@@ -1,16 +1,33 @@
-"""capi-middleware: Meta's Conversions API from your Python web server."""
+"""capi-middleware: Meta's Conversions API from your Python web server.
+
+The public names live here; everything else is an implementation detail. Framework adapters that
+pull in a framework (``capi_middleware.django``) and the test kit (``capi_middleware.testing``)
+are imported from their modules.
+"""
 
 from __future__ import annotations
 
+from capi_middleware.asgi import CAPIMiddleware
 from capi_middleware.config import CAPIConfig, Destination
+from capi_middleware.consent import ConsentDecision
+from capi_middleware.context import RequestContext, TrackResult, current
+from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.errors import CAPIValidationError, Problem
+from capi_middleware.wsgi import CAPIWSGIMiddleware
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAPIConfig",
+    "CAPIMiddleware",
     "CAPIValidationError",
+    "CAPIWSGIMiddleware",
+    "ConsentDecision",
+    "DeliveryStats",
     "Destination",
     "Problem",
+    "RequestContext",
+    "TrackResult",
     "__version__",
+    "current",
 ]

@@ -1,0 +1,45 @@
+"""The public API is pinned: adding or removing a name is a deliberate change to this list."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import capi_middleware
+
+PUBLIC = [
+    "CAPIConfig",
+    "CAPIMiddleware",
+    "CAPIValidationError",
+    "CAPIWSGIMiddleware",
+    "ConsentDecision",
+    "DeliveryStats",
+    "Destination",
+    "Problem",
+    "RequestContext",
+    "TrackResult",
+    "__version__",
+    "current",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(capi_middleware.__all__) == sorted(PUBLIC)
+
+
+def test_every_exported_name_exists_and_is_documented() -> None:
+    for name in capi_middleware.__all__:
+        obj = getattr(capi_middleware, name)
+        if name != "__version__":
+            assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_importing_the_package_starts_nothing_heavy() -> None:
+    # One-line install: importing must not start threads, open sockets or import frameworks.
+    code = (
+        "import sys, threading, capi_middleware;"
+        "assert threading.active_count() == 1, threading.enumerate();"
+        "bad = [m for m in ('django', 'flask', 'prometheus_client', 'uvicorn') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
