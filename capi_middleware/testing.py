@@ -707,6 +707,7 @@ class _Server(ThreadingHTTPServer):
 def _handler_for(fake: FakeGraphAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like graph.facebook.com
+        disable_nagle_algorithm = True  # one small answer per request: send it now
         server_version = "FakeGraphAPI"
         sys_version = ""
 

@@ -66,6 +66,14 @@ class SubmitStatus:
         return self.accepted > 0 and self.dropped == 0
 
 
+_ACCEPTED = tuple(SubmitStatus(n) for n in range(8))
+
+
+def _accepted(n: int) -> SubmitStatus:
+    # submit() is on the request path: reuse the common answers instead of allocating.
+    return _ACCEPTED[n] if n < len(_ACCEPTED) else SubmitStatus(n)
+
+
 def full_jitter_delay(attempts: int, *, base: float, cap: float, rng: random.Random) -> float:
     """AWS's "full jitter": a uniform delay in ``[0, min(cap, base * 2**attempts)]``.
 
@@ -230,9 +238,16 @@ class Sender:
             return SubmitStatus(0, copies, DropReason.CLOSED)
         try:
             payload = encode_json(event)
-            event_id = str(_event_field(event, "event_id") or "")
-            event_time = int(_event_field(event, "event_time") or 0)
-            action_source = str(_event_field(event, "action_source") or "website")
+            # A Mapping that raises here is caught by submit(); built events never do.
+            event_id = event.get("event_id") or ""
+            event_time = event.get("event_time") or 0
+            action_source = event.get("action_source") or "website"
+            if type(event_id) is not str:
+                event_id = str(event_id)
+            if type(event_time) is not int:
+                event_time = int(event_time)
+            if type(action_source) is not str:
+                action_source = str(action_source)
         except (TypeError, ValueError):
             with self._intake_lock:
                 self._submit_counts.enqueued += copies
@@ -271,7 +286,7 @@ class Sender:
                     self._wake.notify()
         if lost:
             return SubmitStatus(len(accepted), lost, DropReason.QUEUE_FULL)
-        return SubmitStatus(len(accepted))
+        return _accepted(len(accepted))
 
     def _put_now(self, new: Sequence[NewEvent]) -> SubmitStatus:
         """Commit straight to a durable store (the caller asked to wait for it)."""
@@ -555,17 +570,19 @@ class Sender:
                 self._claim_horizon = 0.0
                 return any_claimed
             any_claimed = True
-            too_old = [e for e in claimed if is_too_old(e.event_time, e.action_source, now)]
+            too_old: list[StoredEvent] = []
+            groups: dict[str, list[StoredEvent]] = {}
+            for e in claimed:
+                if is_too_old(e.event_time, e.action_source, now):
+                    too_old.append(e)
+                else:
+                    groups.setdefault(e.pixel_id, []).append(e)
             if too_old:
                 # Meta would reject the whole request (subcode 2804003); never send these.
                 self._give_up(
                     too_old,
                     DeadLetter("too_old", subcode=2804003, message="event_time past Meta's window"),
                 )
-            groups: dict[str, list[StoredEvent]] = {}
-            for e in claimed:
-                if not is_too_old(e.event_time, e.action_source, now):
-                    groups.setdefault(e.pixel_id, []).append(e)
             pending = list(groups.items())
             while pending:
                 pixel_id, events = pending.pop(0)
