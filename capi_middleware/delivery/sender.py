@@ -138,6 +138,10 @@ class Sender:
                 "not to your live data. Remove it in production."
             )
         _live.add(self)
+        if self._store_backlog_hint:
+            # A durable store kept events from an earlier run: send them now, not at the first
+            # submit (DESIGN: "what is left at exit is sent at the next start").
+            self._ensure_worker()
 
     # -- construction and fork ------------------------------------------------------------
 
