@@ -657,6 +657,9 @@ def test_events_left_in_a_durable_store_are_sent_at_start(
     store.put([NewEvent(FAKE_PIXEL_ID, payload, event["event_id"], event["event_time"], "website")])
     sender = make_sender(store=store)
     assert sender.stats().enqueued == 1  # carried over from "the last run"
+    # Sent without waiting for new traffic.
+    assert fake_graph.wait_for_events(1, WAIT)
+    assert fake_graph.event_ids == [event["event_id"]]
     status = sender.submit(make_event(), durable=True)
     assert status.ok
     assert sender.flush(WAIT)
