@@ -59,7 +59,6 @@ FAKE_ACCESS_TOKEN = "EAAB-fake-token-for-tests"  # noqa: S105 - only ever sent t
 _PATH = re.compile(r"^/(v[0-9]+\.[0-9]+)/([0-9]+)/events/?$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 # fb.{subdomain_index}.{creation_time_ms}.{click id}[.{8 base64url chars or a 2-char token}]
-# Meta's fbc: fb.{index}.{ms}.{click id}[.{appendix}]; click ids are URL-safe, byte for byte.
 _FBC = re.compile(r"^fb\.[0-9]+\.[0-9]{10,16}\.[A-Za-z0-9_~\-]+(\.[A-Za-z0-9_-]{2,8})?$")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 _MATCH_KEYS_HASHED = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country")
