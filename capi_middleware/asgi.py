@@ -15,10 +15,10 @@ from dataclasses import fields
 from typing import Any
 
 import anyio.to_thread
-from starlette.datastructures import MutableHeaders
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import (
+    CAPTURED_HEADERS,
     MAX_COOKIE_HEADER_CHARS,
     MAX_HEADER_CHARS,
     CapturePipeline,
@@ -149,13 +149,24 @@ class CAPIMiddleware:
         return self._pipeline.stats()
 
 
+_CAPTURED = {name.encode("latin-1"): name for name in CAPTURED_HEADERS}
+
+
 def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:
-    """Read what capture needs from an ASGI http scope."""
+    """Read what capture needs from an ASGI http scope.
+
+    Only the `CAPTURED_HEADERS` are decoded here; ``ctx.header()`` finds any other on demand.
+    """
     headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers") or ():
-        # latin-1 decodes any byte: invalid UTF-8 from a client can never raise here.
-        name = raw_name.decode("latin-1").lower()
+    raw_headers = scope.get("headers") or ()
+    wanted = _CAPTURED.get
+    for raw_name, raw_value in raw_headers:
+        name = wanted(raw_name)
+        # ASGI servers lowercase names; tolerate an app or test that did not.
+        if name is None and (raw_name.islower() or (name := wanted(raw_name.lower())) is None):
+            continue
         limit = MAX_COOKIE_HEADER_CHARS if name == "cookie" else MAX_HEADER_CHARS
+        # latin-1 decodes any byte: invalid UTF-8 from a client can never raise here.
         value = raw_value[:limit].decode("latin-1")
         previous = headers.get(name)
         if previous is None:
@@ -185,22 +196,28 @@ def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:
         raw_path=path,
         query_string=query.decode("latin-1") if isinstance(query, bytes) else str(query),
         headers=headers,
+        raw_headers=raw_headers,
     )
 
 
 def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipeline) -> None:
-    """Append the request's Set-Cookie values to the response head; never replace the app's."""
+    """Append the request's Set-Cookie values to the response head; never replace the app's.
+
+    The same as ``MutableHeaders(scope=message).append("set-cookie", ...)`` (Starlette's
+    cors.py), written out because it runs on every response.
+    """
     try:
         cookies = ctx.take_set_cookies()
         if not cookies:
             return
-        message.setdefault("headers", [])
-        headers = MutableHeaders(scope=message)
-        if is_shared_cacheable(headers.get("cache-control")):
-            # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
-            return
+        headers = list(message.get("headers") or ())
+        for name, value in headers:
+            if name.lower() == b"cache-control" and is_shared_cacheable(value.decode("latin-1")):
+                # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
+                return
         for cookie in cookies:
-            headers.append("set-cookie", cookie)
+            headers.append((b"set-cookie", cookie.encode("latin-1")))
+        message["headers"] = headers
     except Exception as exc:
         pipeline.count("capture_errors")
         log_internal_error("setting cookies", exc)

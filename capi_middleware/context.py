@@ -20,7 +20,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,6 +66,22 @@ MAX_USER_AGENT_CHARS = 1024
 MAX_URL_CHARS = 4096
 
 _EMPTY: Mapping[str, str] = {}
+_PLAN_MEMO_SIZE = 4096
+
+CAPTURED_HEADERS = frozenset(
+    (
+        "host",
+        "user-agent",
+        "cookie",
+        "referer",
+        "sec-gpc",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    )
+)
+"""The headers capture and the built-in consent policies read; adapters decode these eagerly."""
 # RFC 1123 host names (underscores tolerated, as some internal names have them), an IPv4
 # literal, or a bracketed IPv6 literal; then an optional port. Anything else in Host is junk.
 _HOST = re.compile(
@@ -180,8 +196,8 @@ class RequestContext:
         "_cookies",
         "_error",
         "_headers",
-        "_lock",
         "_pipeline",
+        "_raw_headers",
         "_remembered",
         "_response_started",
         "_set_cookie",
@@ -220,7 +236,7 @@ class RequestContext:
         self._remembered: Remembered | None = None
         self._response_started = False
         self._set_cookie: list[str] = []
-        self._lock: threading.Lock | None = None
+        self._raw_headers: Sequence[tuple[bytes, bytes]] | None = None
         self.client_ip = client_ip
         self.user_agent = user_agent
         self.fbp = fbp
@@ -249,7 +265,11 @@ class RequestContext:
 
     def header(self, name: str) -> str | None:
         """A request header by name (any case); repeated headers joined with ``", "``."""
-        return self._headers.get(name.lower())
+        key = name.lower()
+        value = self._headers.get(key)
+        if value is None and self._raw_headers is not None and key not in CAPTURED_HEADERS:
+            value = _read_raw_header(self._raw_headers, key)
+        return value
 
     # -- the app's API ----------------------------------------------------------------------
 
@@ -342,6 +362,11 @@ class CapturePipeline:
         self.config = config
         self._trust = client_ip_rules.ProxyTrust(config.trusted_networks())
         self._has_trust = bool(config.trusted_proxies)
+        self._cookie_domain = config.cookie_domain
+        self._set_fbp = config.set_fbp
+        self._plan_memo: dict[
+            tuple[str, bool, str | None, str | None, str | None], cookie_rules.CookiePlan
+        ] = {}
         consent_option = config.consent
         self._policy: Any = default_policy() if consent_option is None else consent_option
         self._enhancement = (
@@ -400,6 +425,7 @@ class CapturePipeline:
         raw_path: str,
         query_string: str,
         headers: Mapping[str, str],
+        raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> RequestContext:
         """Build the RequestContext of one request. Adapters guard the call.
 
@@ -409,7 +435,10 @@ class CapturePipeline:
             server: the server's (host, port), used when the Host header is missing or junk.
             raw_path: the path as the browser sent it (percent-encoding kept), latin-1 text.
             query_string: the raw query string, latin-1 text, without ``?``.
-            headers: lowercase names -> latin-1 values, repeats joined, values capped.
+            headers: lowercase names -> latin-1 values, repeats joined, values capped. With
+                ``raw_headers`` it need only hold the `CAPTURED_HEADERS`.
+            raw_headers: the ASGI header list; ``ctx.header()`` reads other headers from it
+                on demand, so capture decodes only what it uses.
         """
         with self._counts_lock:
             self._counts["requests"] += 1
@@ -417,21 +446,23 @@ class CapturePipeline:
 
         # Client IP, and scheme/host from a trusted proxy (uvicorn's proxy_headers model:
         # forwarded headers are believed only from a trusted peer).
+        forwarded_host = None
         if self._has_trust:
             info = client_ip_rules.resolve_client(peer, headers, self._trust)
             client_ip = info.client_ip
             scheme = info.scheme or scheme
-            host = _valid_host(info.host) or _valid_host(get("host"))
+            forwarded_host = info.host
         else:
             client_ip = _sendable_ip(peer) if peer else None
-            host = _valid_host(get("host"))
-        scheme = scheme.lower()
         if scheme not in _DEFAULT_PORT:
-            scheme = "https" if scheme == "wss" else "http"
+            scheme = scheme.lower()
+            if scheme not in _DEFAULT_PORT:
+                scheme = "https" if scheme == "wss" else "http"
+        host = _page_host(forwarded_host, scheme) if forwarded_host is not None else None
+        if host is None:
+            host = _page_host(get("host"), scheme)
         if host is None and server is not None:
             host = _host_from_server(server, scheme)
-        elif host is not None:
-            host = _strip_default_port(host, scheme)
 
         cookie_header = get("cookie")
         cookies = cookie_rules.parse_cookie_header(cookie_header) if cookie_header else _EMPTY
@@ -440,40 +471,25 @@ class CapturePipeline:
         # fbclid is rare; skip the parse unless its name appears at all.
         if "fbclid" in query_string or (referer is not None and "fbclid" in referer):
             fbclid = cookie_rules.extract_fbclid(query_string, referer)
-        fbp = cookies.get(cookie_rules.FBP_COOKIE)
-        if fbp is not None and not cookie_rules.is_valid_fbp(fbp):
-            fbp = None  # a malformed cookie is ignored, never echoed back (reference §4)
-        fbc = cookies.get(cookie_rules.FBC_COOKIE)
-        if fbc is not None and not cookie_rules.is_valid_fbc(fbc):
-            fbc = None
-
+        secure = scheme == "https"
         ctx = RequestContext(
             self,
             headers=headers,
             cookies=cookies,
             client_ip=client_ip,
             user_agent=_clean_user_agent(get("user-agent")),
-            fbp=fbp,
-            fbc=fbc,
             fbclid=fbclid,
             event_source_url=_page_url(scheme, host, raw_path, query_string),
-            referrer_url=_clean_referrer(referer),
-            secure=scheme == "https",
+            referrer_url=_clean_referrer(referer) if referer is not None else None,
+            secure=secure,
         )
+        ctx._raw_headers = raw_headers
         # Consent comes before any cookie is set or any event queued.
         decision = evaluate(self._policy, ctx)
         ctx.consent = decision
         if decision.granted and host is not None:
             try:
-                plan = cookie_rules.plan_cookies(
-                    host=_hostname(host),
-                    secure=ctx.secure,
-                    cookies=cookies,
-                    fbclid=fbclid,
-                    cookie_domain=self.config.cookie_domain,
-                    set_fbp=self.config.set_fbp,
-                    now_ms=int(time.time() * 1000),
-                )
+                plan = self._plan(host, secure, cookies, fbclid)
             except Exception as exc:
                 # Keep the request and the context; only the cookies are lost.
                 self.count("capture_errors")
@@ -483,7 +499,49 @@ class CapturePipeline:
                 ctx.fbp = plan.fbp
                 if plan.set_cookie:
                     ctx._set_cookie.extend(plan.set_cookie)
+                return ctx
+        if cookies:
+            # Without consent the visitor's own valid cookies are still read (never set); a
+            # malformed value is ignored, never echoed back (reference §4).
+            fbp = cookies.get(cookie_rules.FBP_COOKIE)
+            if fbp is not None and cookie_rules.is_valid_fbp(fbp):
+                ctx.fbp = fbp
+            fbc = cookies.get(cookie_rules.FBC_COOKIE)
+            if fbc is not None and cookie_rules.is_valid_fbc(fbc):
+                ctx.fbc = fbc
         return ctx
+
+    def _plan(
+        self, host: str, secure: bool, cookies: Mapping[str, str], fbclid: str | None
+    ) -> cookie_rules.CookiePlan:
+        """cookies.plan_cookies, memoized for plans that mint nothing.
+
+        A browser sends the same _fbc/_fbp on every request of a visit (the page, its API
+        calls); re-validating and re-rendering them each time is most of capture's cost. A plan
+        that only keeps valid cookies depends on the request alone (a valid cookie stays valid
+        as time passes), so it can be reused. Plans that mint depend on the clock: never kept.
+        """
+        raw_fbc = cookies.get(cookie_rules.FBC_COOKIE)
+        raw_fbp = cookies.get(cookie_rules.FBP_COOKIE)
+        key = (host, secure, raw_fbc, raw_fbp, fbclid)
+        plan = self._plan_memo.get(key)
+        if plan is not None:
+            return plan
+        # The plan validates the visitor's _fbc/_fbp (and mints what is missing).
+        plan = cookie_rules.plan_cookies(
+            host=_hostname(host),
+            secure=secure,
+            cookies=cookies,
+            fbclid=fbclid,
+            cookie_domain=self._cookie_domain,
+            set_fbp=self._set_fbp,
+            now_ms=int(time.time() * 1000),
+        )
+        if plan.fbc == raw_fbc and plan.fbp == raw_fbp:
+            if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
+                self._plan_memo.clear()  # bounded; clearing beats LRU bookkeeping per request
+            self._plan_memo[key] = plan
+        return plan
 
     # -- track ------------------------------------------------------------------------------
 
@@ -710,6 +768,42 @@ def _sendable_ip(peer: str) -> str | None:
     return value
 
 
+_host_cache: dict[tuple[str, str], str | None] = {}
+
+
+def _page_host(value: str | None, scheme: str) -> str | None:
+    """The Host header as it goes in the page URL (validated, lowercased, default port dropped).
+
+    Memoized: a site answers to a handful of hosts. Bounded, since clients choose the value.
+    """
+    if not value:
+        return None
+    key = (value, scheme)
+    try:
+        return _host_cache[key]
+    except KeyError:
+        pass
+    host = _valid_host(value)
+    if host is not None and scheme in _DEFAULT_PORT:
+        host = _strip_default_port(host, scheme)
+    if len(_host_cache) >= 1024:
+        _host_cache.clear()
+    _host_cache[key] = host
+    return host
+
+
+def _read_raw_header(raw: Sequence[tuple[bytes, bytes]], key: str) -> str | None:
+    """One header from an ASGI header list (any case), repeats joined, value capped."""
+    wanted = key.encode("latin-1", "replace")
+    found: list[str] = []
+    for raw_name, raw_value in raw:
+        if raw_name == wanted or raw_name.lower() == wanted:
+            found.append(raw_value[:MAX_HEADER_CHARS].decode("latin-1"))
+    if not found:
+        return None
+    return ", ".join(found)[:MAX_HEADER_CHARS]
+
+
 def _valid_host(value: str | None) -> str | None:
     """The Host header, lowercased, when it is a host name or IP literal with an optional port."""
     if not value or len(value) > 261:
@@ -778,7 +872,7 @@ def _clean_user_agent(value: str | None) -> str | None:
         return None
     if len(value) > MAX_USER_AGENT_CHARS:
         value = value[:MAX_USER_AGENT_CHARS]
-    if _CONTROL.search(value):
+    if not value.isprintable():  # C-speed check; the regex only when something is off
         value = _CONTROL.sub("", value)
     value = value.strip()
     return value or None

@@ -451,3 +451,34 @@ def test_enhancement_off_by_default() -> None:
     ctx = capture(pipeline(), host="example.com", user_agent="UA")
     assert ctx.track("Lead", user_data={"email": EMAIL}).ok
     assert not [c for c in ctx.take_set_cookies() if c.startswith("_capi_ud=")]
+
+
+def test_plan_memo_reuses_only_plans_that_mint_nothing() -> None:
+    pipe = pipeline()
+    now_ms = 1_700_000_000_000
+    cookie = f"_fbp=fb.1.{now_ms}.42; _fbc=fb.1.{now_ms}.Click"
+    first = capture(pipe, host="www.example.com", cookie=cookie)
+    second = capture(pipe, host="www.example.com", cookie=cookie)
+    assert first.take_set_cookies() == second.take_set_cookies()
+    assert (second.fbp, second.fbc) == (f"fb.1.{now_ms}.42", f"fb.1.{now_ms}.Click")
+    assert len(pipe._plan_memo) == 1
+    # A new click id mints: never memoized, so each request gets its own creation time.
+    capture(pipe, host="www.example.com", cookie=cookie, query="fbclid=Other")
+    capture(pipe, host="www.example.com")  # mints _fbp
+    assert len(pipe._plan_memo) == 1
+
+
+def test_header_reads_uncaptured_headers_on_demand() -> None:
+    raw = [(b"host", b"example.com"), (b"x-consent", b"yes"), (b"X-Consent", b"again")]
+    ctx = pipeline().capture(
+        peer="8.8.8.8",
+        scheme="https",
+        server=None,
+        raw_path="/",
+        query_string="",
+        headers={"host": "example.com"},
+        raw_headers=raw,
+    )
+    assert ctx.header("X-Consent") == "yes, again"
+    assert ctx.header("x-missing") is None
+    assert ctx.header("user-agent") is None  # captured headers are never rescanned

@@ -1,0 +1,460 @@
+"""What CAPIMiddleware costs per request.
+
+Part 1 calls the ASGI app directly in a loop (no server, no HTTP client): a trivial app behind a
+no-op pure ASGI middleware, against the same app behind CAPIMiddleware, in one run, for several
+request shapes. Target: at most 10 µs added per request without track().
+
+Part 2 serves both apps with uvicorn (a subprocess on 127.0.0.1, one worker) and loads each with
+a keep-alive client (``wrk`` when installed, else a small asyncio client), alternating runs of
+the same duration. Every request is a returning, consented visitor's page view (browser headers,
+a consent cookie, valid ``_fbp``/``_fbc``): the steady state of a site, where the middleware
+re-sends both cookies on each response. Target: at least 0.95 of the bare app's requests/second.
+
+Run: ``python bench/overhead.py`` (``--quick`` for a short smoke run, ``--no-server`` for part 1
+only). Figures are recorded in docs/overhead.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from capi_middleware.asgi import CAPIMiddleware
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+UA = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Safari/537.36"
+)
+NOW_MS = int(time.time() * 1000)
+BROWSER_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"host", b"shop.example.com"),
+    (b"user-agent", UA.encode()),
+    (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    (b"accept-language", b"en-US,en;q=0.9"),
+    (b"accept-encoding", b"gzip, deflate, br"),
+    (b"connection", b"keep-alive"),
+    (b"upgrade-insecure-requests", b"1"),
+]
+COOKIES = (
+    f"cookie_consent=accept; _ga=GA1.1.123456789.1700000000; sessionid=abc123def456; "
+    f"_fbp=fb.1.{NOW_MS - 86_400_000}.1234567890; _fbc=fb.1.{NOW_MS - 86_400_000}.IwAR2xYz"
+).encode()
+
+
+# -- the apps ------------------------------------------------------------------------------------
+
+BODY = b"Hello, world!"
+START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")],
+}
+
+
+async def hello(scope: Scope, receive: Any, send: Any) -> None:
+    """The trivial app every variant wraps."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send({**START, "headers": list(START["headers"])})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+async def hello_tracking(scope: Scope, receive: Any, send: Any) -> None:
+    """The trivial app, with one track() per request."""
+    scope["state"]["capi"].track("ViewContent", content_ids=["sku-1"], value=9.5, currency="USD")
+    await hello(scope, receive, send)
+
+
+class NoopMiddleware:
+    """The baseline: a pure ASGI middleware that wraps send, as CAPIMiddleware does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def capi(app: ASGIApp, **options: Any) -> CAPIMiddleware:
+    options.setdefault("consent", True)  # the costly path: cookies planned and set
+    options.setdefault("dry_run", True)
+    return CAPIMiddleware(app, **options)
+
+
+# uvicorn factories (``--factory``): the bare app and the app behind CAPIMiddleware.
+def make_bare() -> Any:
+    return NoopMiddleware(hello)
+
+
+def make_capi() -> Any:
+    # The default consent policy; the load sends a consented returning visitor's cookies.
+    return capi(hello, consent=None)
+
+
+# -- part 1: direct calls ------------------------------------------------------------------------
+
+
+def scope_for(query: bytes = b"", cookies: bytes | None = None) -> Scope:
+    headers = list(BROWSER_HEADERS)
+    if cookies is not None:
+        headers.append((b"cookie", cookies))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("203.0.113.7", 51234),
+        "scheme": "https",
+        "method": "GET",
+        "root_path": "",
+        "path": "/products/shoes",
+        "raw_path": b"/products/shoes",
+        "query_string": query,
+        "headers": headers,
+    }
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: Message) -> None:
+    return None
+
+
+async def _loop(app: ASGIApp, base: Scope | list[Scope], n: int) -> float:
+    copy = dict
+    scopes = base if isinstance(base, list) else [base] * n
+    start = time.perf_counter()
+    for scope in scopes[:n]:
+        await app(copy(scope), _receive, _send)
+    return time.perf_counter() - start
+
+
+def many_visitors(n: int) -> list[Scope]:
+    """Returning visitors, each with their own cookies: no request repeats another's."""
+    return [
+        scope_for(
+            cookies=(
+                f"cookie_consent=accept; sessionid=s{i}; _fbp=fb.1.{NOW_MS - 86_400_000}.{i}; "
+                f"_fbc=fb.1.{NOW_MS - 86_400_000}.IwAR{i}"
+            ).encode()
+        )
+        for i in range(n)
+    ]
+
+
+def paired_us(
+    baseline: ASGIApp, middleware: ASGIApp, base: Scope | list[Scope], n: int, repeats: int
+) -> tuple[float, float]:
+    """Best-of-``repeats`` µs per request for both apps, measured in alternating rounds.
+
+    Alternating keeps a busy machine's drift from favouring either side; the minimum is the
+    least disturbed round.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        for app in (baseline, middleware):
+            loop.run_until_complete(_loop(app, base, min(n, 2000)))  # warm caches
+        gc.collect()
+        base_runs, capi_runs = [], []
+        for _ in range(repeats):
+            base_runs.append(loop.run_until_complete(_loop(baseline, base, n)))
+            capi_runs.append(loop.run_until_complete(_loop(middleware, base, n)))
+    finally:
+        loop.close()
+    return min(base_runs) / n * 1e6, min(capi_runs) / n * 1e6
+
+
+def direct_scenarios(n: int) -> list[tuple[str, ASGIApp, ASGIApp, Scope | list[Scope]]]:
+    fbclid = b"utm_source=fb&fbclid=IwAR2xYz_AbCdEf-1234567890"
+    denied = capi(hello, consent=None)  # the default policy, no consent signal: EU first visit
+    return [
+        ("first visit, no fbclid (mints _fbp)", NoopMiddleware(hello), capi(hello), scope_for()),
+        ("ad click: fbclid in query", NoopMiddleware(hello), capi(hello), scope_for(fbclid)),
+        (
+            "returning: consent + _fbp/_fbc cookies",
+            NoopMiddleware(hello),
+            capi(hello, consent=None),
+            scope_for(cookies=COOKIES),
+        ),
+        (
+            "returning, every request a new visitor",
+            NoopMiddleware(hello),
+            capi(hello, consent=None),
+            many_visitors(n),
+        ),
+        ("no consent signal (default policy)", NoopMiddleware(hello), denied, scope_for()),
+        (
+            "one track() (dry_run)",
+            NoopMiddleware(hello),
+            capi(hello_tracking),
+            scope_for(cookies=COOKIES),
+        ),
+    ]
+
+
+def run_direct(n: int, repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, baseline, middleware, scope in direct_scenarios(n):
+        base_us, capi_us = paired_us(baseline, middleware, scope, n, repeats)
+        rows.append(
+            {
+                "scenario": name,
+                "noop_us": base_us,
+                "capi_us": capi_us,
+                "added_us": capi_us - base_us,
+                "ratio": capi_us / base_us,
+            }
+        )
+    return rows
+
+
+def run_direct_with_sender(n: int, repeats: int) -> dict[str, Any]:
+    """One track() per request, queued to a real sender aimed at a local fake Graph API."""
+    from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+
+    with FakeGraphAPI(validate=False) as fake:
+        middleware = capi(
+            hello_tracking,
+            dry_run=False,
+            pixel_id=FAKE_PIXEL_ID,
+            access_token=FAKE_ACCESS_TOKEN,
+            graph_url=fake.url,
+            max_queue=10_000_000,
+        )
+        scope = scope_for(cookies=COOKIES)
+        base_us, capi_us = paired_us(NoopMiddleware(hello), middleware, scope, n, repeats)
+        middleware.close(30)
+        delivered = middleware.stats().delivery
+    return {
+        "scenario": "one track() (queued to a local fake)",
+        "noop_us": base_us,
+        "capi_us": capi_us,
+        "added_us": capi_us - base_us,
+        "ratio": capi_us / base_us,
+        "delivered": getattr(delivered, "delivered", None),
+    }
+
+
+# -- part 2: uvicorn -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin(cpu: int) -> list[str]:
+    """``taskset -c cpu`` when possible: server and load generator each keep one core."""
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", str(cpu)] if taskset and (os.cpu_count() or 1) >= 2 else []
+
+
+def start_uvicorn(factory: str, port: int) -> subprocess.Popen[bytes]:
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [
+            *pin(1),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"overhead:{factory}",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--lifespan",
+            "on",
+        ],
+        env=env,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("uvicorn did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+REQUEST = (
+    "GET /products/shoes HTTP/1.1\r\n"
+    "Host: shop.example.com\r\n"
+    f"User-Agent: {UA}\r\n"
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    "Accept-Language: en-US,en;q=0.9\r\n"
+    f"Cookie: {COOKIES.decode()}\r\n"
+    "Connection: keep-alive\r\n\r\n"
+).encode()
+
+
+async def _connection(port: int, stop_at: float, counts: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    done = 0
+    try:
+        while time.perf_counter() < stop_at:
+            writer.write(REQUEST)
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(match[1]) if match else 0)
+            done += 1
+    finally:
+        counts.append(done)
+        writer.close()
+
+
+async def _asyncio_load(port: int, seconds: float, connections: int) -> float:
+    counts: list[int] = []
+    start = time.perf_counter()
+    stop_at = start + seconds
+    await asyncio.gather(*(_connection(port, stop_at, counts) for _ in range(connections)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def load(port: int, seconds: float, connections: int) -> float:
+    """Requests per second against 127.0.0.1:port for ``seconds``."""
+    wrk = shutil.which("wrk")
+    if wrk:
+        out = subprocess.run(
+            [
+                *pin(0),
+                wrk,
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "-H",
+                f"User-Agent: {UA}",
+                "-H",
+                "Host: shop.example.com",
+                "-H",
+                f"Cookie: {COOKIES.decode()}",
+                f"http://127.0.0.1:{port}/products/shoes",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+        if match is None:
+            raise RuntimeError(f"could not read wrk's output:\n{out}")
+        return float(match[1])
+    return asyncio.run(_asyncio_load(port, seconds, connections))
+
+
+def run_server(seconds: float, rounds: int, connections: int) -> dict[str, Any]:
+    results: dict[str, list[float]] = {"make_bare": [], "make_capi": []}
+    for _ in range(rounds):
+        for factory in ("make_bare", "make_capi"):  # alternate, so drift hits both alike
+            port = free_port()
+            proc = start_uvicorn(factory, port)
+            try:
+                load(port, min(1.0, seconds), connections)  # warm up
+                results[factory].append(load(port, seconds, connections))
+            finally:
+                stop(proc)
+    bare = statistics.median(results["make_bare"])
+    with_capi = statistics.median(results["make_capi"])
+    return {
+        "client": "wrk" if shutil.which("wrk") else "asyncio keep-alive client",
+        "connections": connections,
+        "seconds": seconds,
+        "rounds": rounds,
+        "bare_rps": bare,
+        "capi_rps": with_capi,
+        "ratio": with_capi / bare,
+        "all": results,
+    }
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--no-server", action="store_true", help="skip the uvicorn part")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per uvicorn load run")
+    parser.add_argument("--rounds", type=int, default=3, help="uvicorn runs per app")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    n, repeats = (2_000, 3) if args.quick else (5_000, 15)
+    print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"\nPart 1: direct ASGI calls, best of {repeats} x {n} requests")
+    print(f"{'scenario':42} {'no-op µs':>9} {'capi µs':>9} {'added µs':>9} {'ratio':>6}")
+    rows = run_direct(n, repeats)
+    rows.append(run_direct_with_sender(n, repeats))
+    for row in rows:
+        print(
+            f"{row['scenario']:42} {row['noop_us']:9.2f} {row['capi_us']:9.2f} "
+            f"{row['added_us']:9.2f} {row['ratio']:6.2f}"
+        )
+    no_track = [r for r in rows if "track" not in r["scenario"]]
+    worst = max(r["added_us"] for r in no_track)
+    print(
+        f"worst added without track(): {worst:.2f} µs (target <= 10 µs): "
+        f"{'OK' if worst <= 10 else 'OVER'}"
+    )
+    if args.no_server:
+        return
+    seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
+    print(f"\nPart 2: uvicorn, 1 worker, {rounds} alternating round(s) of {seconds:.0f} s per app")
+    server = run_server(seconds, rounds, args.connections)
+    print(f"client: {server['client']}, {server['connections']} connections")
+    print(f"bare app:              {server['bare_rps']:10.0f} req/s  {server['all']['make_bare']}")
+    print(f"with CAPIMiddleware:   {server['capi_rps']:10.0f} req/s  {server['all']['make_capi']}")
+    print(
+        f"ratio: {server['ratio']:.3f} (target >= 0.95): "
+        f"{'OK' if server['ratio'] >= 0.95 else 'UNDER'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
