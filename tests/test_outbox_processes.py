@@ -1,18 +1,20 @@
 """The durable outbox under real crashes: real servers, real signals, one SQLite file.
 
-Each test runs ``tests/apps/outbox_app.py`` under uvicorn on 127.0.0.1, configured through the
-``META_*`` environment as in production (``META_OUTBOX`` names the file), against a
-`FakeGraphAPI` over real HTTP. Every purchase is tracked with ``durable=True``, so an HTTP 200
-from ``POST /buy`` means the event was committed to the file before the answer left. What the
-tests prove:
+Each test runs ``tests/apps/outbox_app.py`` under uvicorn (and gunicorn's sync workers for the
+SIGTERM test) on 127.0.0.1, configured through the ``META_*`` environment as in production
+(``META_OUTBOX`` names the file), against a `FakeGraphAPI` over real HTTP. Every purchase is
+tracked with ``durable=True``, so an HTTP 200 from ``POST /buy`` means the event was committed
+to the file before the answer left. What the tests prove:
 
 1. SIGTERM while Meta is unreachable: the process exits within its shutdown timeout, the file
-   keeps every event, and the next process on the file delivers each one exactly once.
+   keeps every event, and the next process on the file delivers each one exactly once, without
+   waiting for a purchase of its own.
 2. SIGKILL at random moments, ten times: every committed event is delivered, and the only
    duplicates are the events of the one batch each killed process had in flight, sent again
    byte for byte (same event_id and event_time, so Meta drops the copy).
-3. Two processes on one file, one killed: the survivor delivers everything, the killed one's
-   leases included, and never sends an event another process holds a lease on.
+3. Two processes on one file, one killed with a batch in flight (held unanswered by the fake):
+   the survivor, busy or idle, delivers everything once the dead process's lease runs out, and
+   no event is sent twice while a lease holds it.
 4. An outbox that can not be written (its directory is a regular file) or is full: requests
    still answer 200, events wait in memory and are delivered, drops past the bound are counted.
 
@@ -469,44 +471,57 @@ class HoldingFake(FakeGraphAPI):
             return super().handle(method, path, headers, body)
 
 
-def test_two_processes_share_the_outbox_and_the_survivor_takes_over_a_killed_ones_leases(
-    servers: Servers, outbox: Path
-) -> None:
+@pytest.fixture
+def holding(servers: Servers) -> Iterator[HoldingFake]:
+    """A started `HoldingFake` that the servers of this test send to."""
     fake = HoldingFake()
     fake.start()
     servers.fake = fake
     try:
-        fake.latency = 0.02
-        a = servers.start("worker-a", lease_seconds=str(LEASE_SECONDS))
-        b = servers.start("worker-b", lease_seconds=str(LEASE_SECONDS))
-        shoppers_a, shoppers_b = shop([a, a], "a"), shop([b, b], "b")
-        everyone = shoppers_a + shoppers_b
-        assert wait_for(lambda: all(len(s.committed) >= 10 for s in everyone)), b.logs()
-        # worker-a's next batch reaches Meta and stays unanswered: its rows are leased to a
-        # process that is about to die.
-        fake.hold = "worker-a"
-        assert wait_for(lambda: held_requests(fake, "worker-a") != []), a.logs()
-        a.kill()
-        fake.hold = None
-        from_a = finish(shoppers_a)
-        time.sleep(0.2)  # worker-b goes on serving a little, then the traffic stops
-        from_b = finish(shoppers_b)
-        committed = from_a + from_b
-        held = [e for r in held_requests(fake, "worker-a") for e in r.event_ids]
-        assert held
-
-        def missing() -> set[str]:
-            return set(committed + held) - set(fake.event_ids)
-
-        assert wait_for(lambda: not missing()), (
-            f"{len(missing())} events never delivered; rows left: {len(rows_in(outbox))}"
-            f"\n{b.logs()}"
-        )
-        assert wait_for(lambda: rows_in(outbox) == []), b.logs()
-        b.stop()
-        copies = delivered_copies(fake)
+        yield fake
     finally:
         fake.stop()
+
+
+def kill_while_a_batch_is_held(fake: HoldingFake, server: Server) -> list[str]:
+    """Hold the server's next batch unanswered, SIGKILL it, return the held event_ids.
+
+    The held rows stay leased to a dead process: only the lease running out frees them.
+    """
+    fake.hold = server.name
+    assert wait_for(lambda: held_requests(fake, server.name) != []), server.logs()
+    server.kill()
+    fake.hold = None
+    held = [e for r in held_requests(fake, server.name) for e in r.event_ids]
+    assert held
+    return held
+
+
+def test_two_processes_share_the_outbox_and_the_survivor_takes_over_a_killed_ones_leases(
+    servers: Servers, holding: HoldingFake, outbox: Path
+) -> None:
+    fake = holding
+    fake.latency = 0.02
+    a = servers.start("worker-a", lease_seconds=str(LEASE_SECONDS))
+    b = servers.start("worker-b", lease_seconds=str(LEASE_SECONDS))
+    shoppers_a, shoppers_b = shop([a, a], "a"), shop([b, b], "b")
+    everyone = shoppers_a + shoppers_b
+    assert wait_for(lambda: all(len(s.committed) >= 10 for s in everyone)), b.logs()
+    held = kill_while_a_batch_is_held(fake, a)
+    from_a = finish(shoppers_a)
+    time.sleep(0.2)  # worker-b goes on serving a little, then the traffic stops
+    from_b = finish(shoppers_b)
+    committed = from_a + from_b
+
+    def missing() -> set[str]:
+        return set(committed + held) - set(fake.event_ids)
+
+    assert wait_for(lambda: not missing()), (
+        f"{len(missing())} events never delivered; rows left: {len(rows_in(outbox))}\n{b.logs()}"
+    )
+    assert wait_for(lambda: rows_in(outbox) == []), b.logs()
+    b.stop()
+    copies = delivered_copies(fake)
     # The held batch was never answered, so nothing was delivered twice: each event went out
     # once, by whichever process held its lease; the killed one's batch went out from worker-b,
     # after the lease ran out.
@@ -519,6 +534,28 @@ def test_two_processes_share_the_outbox_and_the_survivor_takes_over_a_killed_one
         f"\nshared outbox: committed a={len(from_a)} b={len(from_b)}; held batch of "
         f"{len(held)} re-sent by b; a's events delivered by b: {len(a_by_b)}"
     )
+
+
+def test_an_idle_survivor_takes_over_a_killed_ones_leases(
+    servers: Servers, holding: HoldingFake, outbox: Path
+) -> None:
+    fake = holding
+    a = servers.start("worker-a", lease_seconds=str(LEASE_SECONDS))
+    b = servers.start("worker-b", lease_seconds=str(LEASE_SECONDS))
+    first = final_buy(b)  # worker-b's sender runs, delivers, and then has nothing to do
+    assert fake.wait_for_events(1, timeout=DEADLINE)
+    assert wait_for(lambda: b.get("/stats")["delivery"]["backlog"] == 0)
+    time.sleep(0.2)  # let worker-b's sender finish its round and go idle
+    fake.hold = a.name  # worker-a's first batch, whatever it holds, is never answered
+    from_a = [final_buy(a) for _ in range(3)]
+    held = kill_while_a_batch_is_held(fake, a)
+    # No request reaches worker-b from here on: only the lease running out can wake it.
+    assert wait_for(lambda: set(from_a) <= set(fake.event_ids)), (
+        f"worker-b, idle, never took over the {len(held)} events leased to the killed worker "
+        f"(lease {LEASE_SECONDS}s; rows in the outbox: {len(rows_in(outbox))}):\n{b.logs()}"
+    )
+    b.stop()
+    assert Counter(fake.event_ids) == Counter([first, *from_a])
 
 
 def held_requests(fake: FakeGraphAPI, sender: str) -> list[RecordedRequest]:
