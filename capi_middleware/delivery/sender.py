@@ -623,6 +623,14 @@ class Sender:
                 self._counts.requests += 1
             if verdict.kind == "delivered":
                 self._acknowledge(batch)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "capi_middleware: pixel %s: %d event(s) delivered (fbtrace_id=%s)",
+                        destination.pixel_id,
+                        len(batch),
+                        verdict.fbtrace_id,
+                        extra=_fields(destination.pixel_id, batch, verdict),
+                    )
                 self._throttled_in_a_row = 0
                 self._config_alerted.discard(destination.pixel_id)
             elif verdict.kind == "transient":
@@ -637,6 +645,7 @@ class Sender:
                     verdict.reason,
                     _describe(verdict),
                     delay,
+                    extra=_fields(destination.pixel_id, batch, verdict, retry_in=delay),
                 )
                 self._put_back(batch, not_before=time.time() + delay)
             elif verdict.kind == "rate_limited":
@@ -653,6 +662,7 @@ class Sender:
                     destination.pixel_id,
                     _describe(verdict),
                     pause,
+                    extra=_fields(destination.pixel_id, batch, verdict, pause=pause),
                 )
                 self._put_back([e for b in [*stack, batch] for e in b], not_before=time.time())
                 return
@@ -670,6 +680,7 @@ class Sender:
                         verdict.reason,
                         _describe(verdict),
                         self.config_error_pause,
+                        extra=_fields(destination.pixel_id, batch, verdict),
                     )
                 self._put_back([e for b in [*stack, batch] for e in b], not_before=until)
                 return
@@ -737,6 +748,15 @@ class Sender:
                 letter.fbtrace_id,
                 letter.message,
                 _ids(group),
+                extra=_fields(
+                    pixel_id,
+                    group,
+                    reason=letter.reason,
+                    code=letter.code,
+                    subcode=letter.subcode,
+                    fbtrace_id=letter.fbtrace_id,
+                    event_ids=[e.event_id for e in group[:_LOG_EVENT_IDS]],
+                ),
             )
         hook = self._config.on_dead_letter
         if hook is None:
@@ -801,6 +821,31 @@ def _describe(verdict: Verdict) -> str:
     if verdict.message:
         parts.append(repr(verdict.message[:300]))
     return (": " + " ".join(parts)) if parts else ""
+
+
+def _fields(
+    pixel_id: str,
+    events: Sequence[StoredEvent],
+    verdict: Verdict | None = None,
+    **more: object,
+) -> dict[str, dict[str, object]]:
+    """Structured fields for a log record (``record.capi``): names, ids and counts, never
+    personal data, the token or the payload."""
+    names: dict[str, int] = {}
+    for e in events[:1000]:
+        name = _event_name(e.payload) or "?"
+        names[name] = names.get(name, 0) + 1
+    fields: dict[str, object] = {"pixel_id": pixel_id, "count": len(events), "event_names": names}
+    if verdict is not None:
+        fields.update(
+            reason=verdict.reason,
+            status=verdict.status,
+            code=verdict.code,
+            subcode=verdict.subcode,
+            fbtrace_id=verdict.fbtrace_id,
+        )
+    fields.update(more)
+    return {"capi": fields}
 
 
 def _ids(events: Sequence[StoredEvent]) -> str:
