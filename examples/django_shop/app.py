@@ -41,7 +41,7 @@ from django.urls import path  # noqa: E402
 from django.utils.html import escape, format_html  # noqa: E402
 from django.views.decorators.http import require_POST  # noqa: E402
 
-from capi_middleware.context import TrackResult  # noqa: E402
+from capi_middleware import TrackResult  # noqa: E402
 
 PIXEL_ID = os.environ.get("META_PIXEL_ID", "")
 PRODUCTS = {"tee": ("Organic cotton tee", 29.0), "mug": ("Enamel camp mug", 18.5)}

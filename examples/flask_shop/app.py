@@ -19,8 +19,7 @@ from flask import Flask, redirect, render_template_string, request
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from capi_middleware.context import RequestContext, TrackResult
-from capi_middleware.wsgi import CAPIWSGIMiddleware
+from capi_middleware import CAPIWSGIMiddleware, RequestContext, TrackResult
 
 PIXEL_ID = os.environ.get("META_PIXEL_ID", "")
 PRODUCTS = {"tee": ("Organic cotton tee", 29.0), "mug": ("Enamel camp mug", 18.5)}

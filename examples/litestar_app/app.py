@@ -22,8 +22,7 @@ from litestar.exceptions import NotFoundException
 from litestar.middleware import DefineMiddleware
 from litestar.response import Redirect
 
-from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.context import RequestContext, TrackResult
+from capi_middleware import CAPIMiddleware, RequestContext, TrackResult
 
 PIXEL_ID = os.environ.get("META_PIXEL_ID", "")
 PRODUCTS = {"tee": ("Organic cotton tee", 29.0), "mug": ("Enamel camp mug", 18.5)}

@@ -18,8 +18,7 @@ import uuid
 from quart import Quart, abort, redirect, request
 from quart.typing import ResponseReturnValue
 
-from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.context import RequestContext, TrackResult
+from capi_middleware import CAPIMiddleware, RequestContext, TrackResult
 
 PIXEL_ID = os.environ.get("META_PIXEL_ID", "")
 PRODUCTS = {"tee": ("Organic cotton tee", 29.0), "mug": ("Enamel camp mug", 18.5)}

@@ -20,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.context import RequestContext, TrackResult
+from capi_middleware import CAPIMiddleware, RequestContext, TrackResult
 
 PIXEL_ID = os.environ.get("META_PIXEL_ID", "")
 PRODUCTS = {"tee": ("Organic cotton tee", 29.0), "mug": ("Enamel camp mug", 18.5)}
