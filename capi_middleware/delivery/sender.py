@@ -128,6 +128,8 @@ class Sender:
         self._by_pixel = {d.pixel_id: d for d in destinations}
         # Leases must outlive a whole bisection of a batch (about 2*log2(n) requests).
         self.lease_seconds = max(60.0, 40 * config.timeout)
+        # How often an idle sender re-reads a durable store that other processes share.
+        self.outbox_poll = 2.0
         self._rng = random.Random()
         self._closed = False
         self._warned_no_destination = False
@@ -532,6 +534,11 @@ class Sender:
             if not claimed and due_at is not None and due_at <= time.time():
                 # The store says "due" but handed nothing out: poll instead of spinning.
                 due_at = time.time() + 0.1
+            if self._store.durable:
+                # A shared outbox changes under us: other workers commit rows, and a killed
+                # worker's leases expire. An idle sender looks again every few seconds.
+                poll_at = time.time() + self.outbox_poll
+                due_at = poll_at if due_at is None else min(due_at, poll_at)
             self._due_at = due_at
         return False
 
