@@ -4,11 +4,20 @@ Part 1 calls the ASGI app directly in a loop (no server, no HTTP client): a triv
 no-op pure ASGI middleware, against the same app behind CAPIMiddleware, in one run, for several
 request shapes. Target: at most 10 µs added per request without track().
 
-Part 2 serves both apps with uvicorn (a subprocess on 127.0.0.1, one worker) and loads each with
-a keep-alive client (``wrk`` when installed, else a small asyncio client), alternating runs of
-the same duration. Every request is a returning, consented visitor's page view (browser headers,
-a consent cookie, valid ``_fbp``/``_fbc``): the steady state of a site, where the middleware
-re-sends both cookies on each response. Target: at least 0.95 of the bare app's requests/second.
+Part 2 serves the same trivial app with uvicorn (subprocesses on 127.0.0.1, one worker each,
+``--no-access-log``, lifespan on, pinned to one core) behind the no-op middleware and behind
+CAPIMiddleware, and loads them with a keep-alive client (``wrk`` pinned to the other core when
+installed, else a small asyncio client). All servers start once; runs alternate bare / with for
+each scenario, several times, and the median of each side is compared (the best is shown too).
+Every request of a scenario is the same (the request mix is stated per scenario):
+
+- (a) no consent signal, default (EU) policy: a first page view, no cookies at all.
+- (b1) a consented returning visitor's page views: consent cookie + valid ``_fbp``/``_fbc``,
+  ``Sec-Fetch-Dest: document``: both cookies re-sent on every response.
+- (b2) the same visitor's fetch()/XHR calls (``Sec-Fetch-Dest: empty``): nothing re-sent.
+- (c) ``consent=True``, new visitors: no cookies, so every response mints and sets an ``_fbp``.
+
+Target: at least 0.95 of the bare app's requests/second.
 
 Run: ``python bench/overhead.py`` (``--quick`` for a short smoke run, ``--no-server`` for part 1
 only). Figures are recorded in docs/overhead.md.
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import platform
 import re
@@ -43,15 +53,32 @@ UA = (
     "Chrome/126.0.0.0 Safari/537.36"
 )
 NOW_MS = int(time.time() * 1000)
-BROWSER_HEADERS: list[tuple[bytes, bytes]] = [
+# A page load (document navigation), as Chrome sends it.
+NAVIGATION_HEADERS: list[tuple[bytes, bytes]] = [
     (b"host", b"shop.example.com"),
-    (b"user-agent", UA.encode()),
-    (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
-    (b"accept-language", b"en-US,en;q=0.9"),
-    (b"accept-encoding", b"gzip, deflate, br"),
     (b"connection", b"keep-alive"),
     (b"upgrade-insecure-requests", b"1"),
+    (b"user-agent", UA.encode()),
+    (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    (b"sec-fetch-site", b"same-origin"),
+    (b"sec-fetch-mode", b"navigate"),
+    (b"sec-fetch-dest", b"document"),
+    (b"accept-encoding", b"gzip, deflate, br"),
+    (b"accept-language", b"en-US,en;q=0.9"),
 ]
+# A fetch() from the page's script.
+FETCH_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"host", b"shop.example.com"),
+    (b"connection", b"keep-alive"),
+    (b"user-agent", UA.encode()),
+    (b"accept", b"application/json"),
+    (b"sec-fetch-site", b"same-origin"),
+    (b"sec-fetch-mode", b"cors"),
+    (b"sec-fetch-dest", b"empty"),
+    (b"accept-encoding", b"gzip, deflate, br"),
+    (b"accept-language", b"en-US,en;q=0.9"),
+]
+BROWSER_HEADERS = NAVIGATION_HEADERS
 COOKIES = (
     f"cookie_consent=accept; _ga=GA1.1.123456789.1700000000; sessionid=abc123def456; "
     f"_fbp=fb.1.{NOW_MS - 86_400_000}.1234567890; _fbc=fb.1.{NOW_MS - 86_400_000}.IwAR2xYz"
@@ -115,15 +142,24 @@ def make_bare() -> Any:
 
 
 def make_capi() -> Any:
-    # The default consent policy; the load sends a consented returning visitor's cookies.
+    # The default consent policy (opt-in: a consent cookie grants, no signal denies).
     return capi(hello, consent=None)
+
+
+def make_capi_granted() -> Any:
+    # consent=True: consent is not required here, cookies are set for everyone.
+    return capi(hello, consent=True)
 
 
 # -- part 1: direct calls ------------------------------------------------------------------------
 
 
-def scope_for(query: bytes = b"", cookies: bytes | None = None) -> Scope:
-    headers = list(BROWSER_HEADERS)
+def scope_for(
+    query: bytes = b"",
+    cookies: bytes | None = None,
+    headers: list[tuple[bytes, bytes]] = NAVIGATION_HEADERS,
+) -> Scope:
+    headers = list(headers)
     if cookies is not None:
         headers.append((b"cookie", cookies))
     return {
@@ -201,10 +237,16 @@ def direct_scenarios(n: int) -> list[tuple[str, ASGIApp, ASGIApp, Scope | list[S
         ("first visit, no fbclid (mints _fbp)", NoopMiddleware(hello), capi(hello), scope_for()),
         ("ad click: fbclid in query", NoopMiddleware(hello), capi(hello), scope_for(fbclid)),
         (
-            "returning: consent + _fbp/_fbc cookies",
+            "returning: page view, cookies re-sent",
             NoopMiddleware(hello),
             capi(hello, consent=None),
             scope_for(cookies=COOKIES),
+        ),
+        (
+            "returning: fetch(), nothing re-sent",
+            NoopMiddleware(hello),
+            capi(hello, consent=None),
+            scope_for(cookies=COOKIES, headers=FETCH_HEADERS),
         ),
         (
             "returning, every request a new visitor",
@@ -325,23 +367,49 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-REQUEST = (
-    "GET /products/shoes HTTP/1.1\r\n"
-    "Host: shop.example.com\r\n"
-    f"User-Agent: {UA}\r\n"
-    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
-    "Accept-Language: en-US,en;q=0.9\r\n"
-    f"Cookie: {COOKIES.decode()}\r\n"
-    "Connection: keep-alive\r\n\r\n"
-).encode()
+def header_lines(headers: list[tuple[bytes, bytes]], cookies: bytes | None) -> list[str]:
+    lines = [f"{k.decode()}: {v.decode()}" for k, v in headers if k not in (b"host", b"connection")]
+    if cookies is not None:
+        lines.append(f"cookie: {cookies.decode()}")
+    return lines
 
 
-async def _connection(port: int, stop_at: float, counts: list[int]) -> None:
+# name -> (uvicorn factory for "with", request header lines, what the scenario is)
+SERVER_SCENARIOS: dict[str, tuple[str, list[str], str]] = {
+    "a": (
+        "make_capi",
+        header_lines(NAVIGATION_HEADERS, None),
+        "no consent signal, default policy: page views without cookies (nothing set)",
+    ),
+    "b1": (
+        "make_capi",
+        header_lines(NAVIGATION_HEADERS, COOKIES),
+        "consented returning visitor, page views: _fbc + _fbp re-sent on every response",
+    ),
+    "b2": (
+        "make_capi",
+        header_lines(FETCH_HEADERS, COOKIES),
+        "consented returning visitor, fetch()/XHR: nothing re-sent",
+    ),
+    "c": (
+        "make_capi_granted",
+        header_lines(NAVIGATION_HEADERS, None),
+        "consent=True, new visitors: a fresh _fbp minted and set on every response",
+    ),
+}
+
+
+def _request(lines: list[str]) -> bytes:
+    head = "GET /products/shoes HTTP/1.1\r\nHost: shop.example.com\r\n"
+    return (head + "".join(f"{line}\r\n" for line in lines) + "\r\n").encode()
+
+
+async def _connection(port: int, request: bytes, stop_at: float, counts: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     done = 0
     try:
         while time.perf_counter() < stop_at:
-            writer.write(REQUEST)
+            writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             match = re.search(rb"(?i)content-length: *(\d+)", head)
             await reader.readexactly(int(match[1]) if match else 0)
@@ -351,18 +419,19 @@ async def _connection(port: int, stop_at: float, counts: list[int]) -> None:
         writer.close()
 
 
-async def _asyncio_load(port: int, seconds: float, connections: int) -> float:
+async def _asyncio_load(port: int, request: bytes, seconds: float, connections: int) -> float:
     counts: list[int] = []
     start = time.perf_counter()
     stop_at = start + seconds
-    await asyncio.gather(*(_connection(port, stop_at, counts) for _ in range(connections)))
+    await asyncio.gather(*(_connection(port, request, stop_at, counts) for _ in range(connections)))
     return sum(counts) / (time.perf_counter() - start)
 
 
-def load(port: int, seconds: float, connections: int) -> float:
-    """Requests per second against 127.0.0.1:port for ``seconds``."""
+def load(port: int, lines: list[str], seconds: float, connections: int) -> float:
+    """Requests per second against 127.0.0.1:port for ``seconds``, every request the same."""
     wrk = shutil.which("wrk")
     if wrk:
+        headers = [arg for line in ["Host: shop.example.com", *lines] for arg in ("-H", line)]
         out = subprocess.run(
             [
                 *pin(0),
@@ -370,12 +439,7 @@ def load(port: int, seconds: float, connections: int) -> float:
                 "-t1",
                 f"-c{connections}",
                 f"-d{max(1, round(seconds))}s",
-                "-H",
-                f"User-Agent: {UA}",
-                "-H",
-                "Host: shop.example.com",
-                "-H",
-                f"Cookie: {COOKIES.decode()}",
+                *headers,
                 f"http://127.0.0.1:{port}/products/shoes",
             ],
             capture_output=True,
@@ -383,34 +447,72 @@ def load(port: int, seconds: float, connections: int) -> float:
             check=True,
         ).stdout
         match = re.search(r"Requests/sec:\s*([\d.]+)", out)
-        if match is None:
-            raise RuntimeError(f"could not read wrk's output:\n{out}")
+        if match is None or "Non-2xx" in out or "Socket errors" in out:
+            raise RuntimeError(f"wrk did not run cleanly:\n{out}")
         return float(match[1])
-    return asyncio.run(_asyncio_load(port, seconds, connections))
+    return asyncio.run(_asyncio_load(port, _request(lines), seconds, connections))
 
 
-def run_server(seconds: float, rounds: int, connections: int) -> dict[str, Any]:
-    results: dict[str, list[float]] = {"make_bare": [], "make_capi": []}
-    for _ in range(rounds):
-        for factory in ("make_bare", "make_capi"):  # alternate, so drift hits both alike
-            port = free_port()
-            proc = start_uvicorn(factory, port)
-            try:
-                load(port, min(1.0, seconds), connections)  # warm up
-                results[factory].append(load(port, seconds, connections))
-            finally:
-                stop(proc)
-    bare = statistics.median(results["make_bare"])
-    with_capi = statistics.median(results["make_capi"])
+def check_scenarios(ports: dict[str, int]) -> None:
+    """Each scenario does what it says: the right Set-Cookie headers on the 'with' side."""
+    expected = {"a": set(), "b1": {"_fbc", "_fbp"}, "b2": set(), "c": {"_fbp"}}
+    for name, (factory, lines, _) in SERVER_SCENARIOS.items():
+        with socket.create_connection(("127.0.0.1", ports[factory])) as sock:
+            sock.sendall(_request([*lines, "Connection: close"]))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        names = {
+            line.split(":", 1)[1].strip().split("=", 1)[0]
+            for line in head.split("\r\n")
+            if line.lower().startswith("set-cookie:")
+        }
+        if names != expected[name]:
+            raise RuntimeError(f"scenario {name}: expected cookies {expected[name]}, got {names}")
+
+
+def run_server(
+    seconds: float, rounds: int, connections: int, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Alternate bare / with runs per scenario; the servers start once and stay up."""
+    factories = ("make_bare", "make_capi", "make_capi_granted")
+    ports = {factory: free_port() for factory in factories}
+    procs = [start_uvicorn(factory, port) for factory, port in ports.items()]
+    scenarios = {k: v for k, v in SERVER_SCENARIOS.items() if only is None or k in only}
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"bare": [], "capi": []} for name in scenarios
+    }
+    try:
+        check_scenarios(ports)
+        for factory, lines, _ in scenarios.values():  # warm up every server and path
+            load(ports["make_bare"], lines, 1.0, connections)
+            load(ports[factory], lines, 1.0, connections)
+        for _ in range(rounds):
+            for name, (factory, lines, _) in scenarios.items():
+                # Alternate, so a busy machine's drift hits both sides alike.
+                results[name]["bare"].append(load(ports["make_bare"], lines, seconds, connections))
+                results[name]["capi"].append(load(ports[factory], lines, seconds, connections))
+    finally:
+        for proc in procs:
+            stop(proc)
+    summary: dict[str, Any] = {}
+    for name, runs in results.items():
+        bare, with_capi = statistics.median(runs["bare"]), statistics.median(runs["capi"])
+        summary[name] = {
+            "what": scenarios[name][2],
+            "bare_rps": bare,
+            "capi_rps": with_capi,
+            "ratio": with_capi / bare,
+            "best_ratio": max(runs["capi"]) / max(runs["bare"]),
+            "runs": runs,
+        }
     return {
         "client": "wrk" if shutil.which("wrk") else "asyncio keep-alive client",
         "connections": connections,
         "seconds": seconds,
         "rounds": rounds,
-        "bare_rps": bare,
-        "capi_rps": with_capi,
-        "ratio": with_capi / bare,
-        "all": results,
+        "scenarios": summary,
     }
 
 
@@ -422,8 +524,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--no-server", action="store_true", help="skip the uvicorn part")
     parser.add_argument("--seconds", type=float, default=5.0, help="per uvicorn load run")
-    parser.add_argument("--rounds", type=int, default=3, help="uvicorn runs per app")
+    parser.add_argument("--rounds", type=int, default=5, help="uvicorn runs per app")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SERVER_SCENARIOS),
+        help="uvicorn scenario(s) to run (default: all)",
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     n, repeats = (2_000, 3) if args.quick else (5_000, 15)
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
@@ -443,17 +552,27 @@ def main() -> None:
         f"{'OK' if worst <= 10 else 'OVER'}"
     )
     if args.no_server:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"direct": rows}, indent=2))
         return
     seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
-    print(f"\nPart 2: uvicorn, 1 worker, {rounds} alternating round(s) of {seconds:.0f} s per app")
-    server = run_server(seconds, rounds, args.connections)
-    print(f"client: {server['client']}, {server['connections']} connections")
-    print(f"bare app:              {server['bare_rps']:10.0f} req/s  {server['all']['make_bare']}")
-    print(f"with CAPIMiddleware:   {server['capi_rps']:10.0f} req/s  {server['all']['make_capi']}")
     print(
-        f"ratio: {server['ratio']:.3f} (target >= 0.95): "
-        f"{'OK' if server['ratio'] >= 0.95 else 'UNDER'}"
+        f"\nPart 2: uvicorn, 1 worker per app, {rounds} alternating round(s) of {seconds:.0f} s "
+        "per app and scenario"
     )
+    server = run_server(seconds, rounds, args.connections, args.scenario)
+    print(f"client: {server['client']}, {server['connections']} connections")
+    print(f"{'scenario':8} {'bare req/s':>11} {'with req/s':>11} {'ratio':>6} {'best':>6}  verdict")
+    for name, row in server["scenarios"].items():
+        verdict = "OK" if row["ratio"] >= 0.95 else "UNDER"
+        print(
+            f"{name:8} {row['bare_rps']:11.0f} {row['capi_rps']:11.0f} {row['ratio']:6.3f} "
+            f"{row['best_ratio']:6.3f}  {verdict}  ({row['what']})"
+        )
+        print(f"{'':8} bare runs {[round(x) for x in row['runs']['bare']]}")
+        print(f"{'':8} with runs {[round(x) for x in row['runs']['capi']]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"direct": rows, "server": server}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ request; the app's exceptions pass through unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import fields
 from typing import Any
 
@@ -18,7 +18,6 @@ import anyio.to_thread
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import (
-    CAPTURED_HEADERS,
     MAX_COOKIE_HEADER_CHARS,
     MAX_HEADER_CHARS,
     CapturePipeline,
@@ -56,7 +55,9 @@ class CAPIMiddleware:
             ``trusted_proxies``, ``dry_run``, ...). Without ``config``, options left unset come
             from the ``META_*`` environment variables (`CAPIConfig.from_env`).
 
-    The background sender is created on the first ``track()``; it is flushed and closed on ASGI
+    The background sender is created on the first ``track()``, or with ``outbox`` at ASGI
+    ``lifespan.startup`` (else on the first request), so that events an earlier process left
+    in the outbox are delivered without waiting for traffic. It is flushed and closed on
     ``lifespan.shutdown``, by `close`, and at interpreter exit.
     """
 
@@ -71,6 +72,13 @@ class CAPIMiddleware:
         self.app = app
         self.config = config
         self._pipeline = CapturePipeline(config)
+        # With a durable outbox the sender starts before any track(): it owes the events an
+        # earlier process left there (DESIGN: "what is left at exit is sent at the next start").
+        # Under dry_run the outbox is never opened, so there is nothing to start.
+        self._sender_due = bool(config.outbox) and not config.dry_run
+        # Without the enhancement cookie, cookies are known when capture ends: a request that
+        # sets none needs no send wrapper at all.
+        self._cookies_only_at_capture = config.enhancement_secret is None
         if config.test_event_code:
             logger.warning(
                 "capi_middleware: test_event_code is set; events go to Test Events only "
@@ -88,15 +96,20 @@ class CAPIMiddleware:
             await self.app(scope, receive, send)  # websocket and anything else: untouched
             return
 
+        if self._sender_due:
+            await self._start_sender()  # no lifespan support: the first request does it
         ctx = self._capture(scope)
         token = activate(ctx)
-
-        async def send_with_cookies(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _add_cookies(ctx, message, self._pipeline)
-            await send(message)
-
         try:
+            if not ctx._set_cookie and self._cookies_only_at_capture:
+                await self.app(scope, receive, send)
+                return
+
+            async def send_with_cookies(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    _add_cookies(ctx, message, self._pipeline)
+                await send(message)
+
             await self.app(scope, receive, send_with_cookies)
         finally:
             deactivate(token)
@@ -120,9 +133,19 @@ class CAPIMiddleware:
 
     # -- lifespan ---------------------------------------------------------------------------
 
+    async def _start_sender(self) -> None:
+        """Obtain the sender (opening the outbox) off the event loop; once; never raises."""
+        self._sender_due = False
+        try:
+            await anyio.to_thread.run_sync(self._pipeline.sender)
+        except Exception as exc:  # an unusable outbox: track() will try again and report it
+            log_internal_error("starting the sender", exc)
+
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def receive_and_flush() -> Message:
             message = await receive()
+            if message.get("type") == "lifespan.startup" and self._sender_due:
+                await self._start_sender()
             if message.get("type") == "lifespan.shutdown":
                 # Deliver what is queued before the app reports shutdown.complete and the
                 # server exits; off the event loop, since flushing waits on the sender thread.
@@ -149,32 +172,38 @@ class CAPIMiddleware:
         return self._pipeline.stats()
 
 
-_CAPTURED = {name.encode("latin-1"): name for name in CAPTURED_HEADERS}
+def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """An ASGI header list as lowercase name -> value, each name once, for `capture_raw`.
+
+    Servers send lowercase names, and repeats are rare: then ``dict()`` does it at C speed.
+    Otherwise names are lowercased and repeats joined (``"; "`` for Cookie, which HTTP/2
+    splits into several fields; ``", "`` for the rest), each capped as capture caps them.
+    """
+    if not isinstance(raw_headers, (list, tuple)):
+        raw_headers = list(raw_headers)
+    try:
+        header_map = dict(raw_headers)
+        if len(header_map) == len(raw_headers) and b"".join(header_map).islower():
+            return header_map
+    except (TypeError, ValueError):
+        pass
+    parts: dict[bytes, list[bytes]] = {}
+    sizes: dict[bytes, int] = {}
+    for raw_name, raw_value in raw_headers:
+        name = raw_name if raw_name.islower() else raw_name.lower()
+        limit = MAX_COOKIE_HEADER_CHARS if name == b"cookie" else MAX_HEADER_CHARS
+        size = sizes.get(name, 0)
+        if size >= limit:
+            continue  # capped: later repeats are not looked at
+        parts.setdefault(name, []).append(raw_value[: limit - size])
+        sizes[name] = size + len(raw_value) + 2
+    return {
+        name: (b"; " if name == b"cookie" else b", ").join(values) for name, values in parts.items()
+    }
 
 
 def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:
-    """Read what capture needs from an ASGI http scope.
-
-    Only the `CAPTURED_HEADERS` are decoded here; ``ctx.header()`` finds any other on demand.
-    """
-    headers: dict[str, str] = {}
-    raw_headers = scope.get("headers") or ()
-    wanted = _CAPTURED.get
-    for raw_name, raw_value in raw_headers:
-        name = wanted(raw_name)
-        # ASGI servers lowercase names; tolerate an app or test that did not.
-        if name is None and (raw_name.islower() or (name := wanted(raw_name.lower())) is None):
-            continue
-        limit = MAX_COOKIE_HEADER_CHARS if name == "cookie" else MAX_HEADER_CHARS
-        # latin-1 decodes any byte: invalid UTF-8 from a client can never raise here.
-        value = raw_value[:limit].decode("latin-1")
-        previous = headers.get(name)
-        if previous is None:
-            headers[name] = value
-        elif len(previous) < limit:
-            # HTTP/2 splits Cookie into several fields; other repeats join with ", ".
-            joined = f"{previous}{'; ' if name == 'cookie' else ', '}{value}"
-            headers[name] = joined[:limit]
+    """Read what capture needs from an ASGI http scope; headers are decoded on demand."""
     client = scope.get("client")
     raw_path = scope.get("raw_path")
     if isinstance(raw_path, bytes):
@@ -186,17 +215,16 @@ def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:
         root = scope.get("root_path") or ""
         if root and not path.startswith(root):  # servers differ on whether path has it
             path = root + path
-        path = path.encode("utf-8").decode("latin-1")  # percent-encoded below, like the browser
+        path = path.encode("utf-8").decode("latin-1")  # percent-encoded later, like the browser
     query = scope.get("query_string") or b""
     server = scope.get("server")
-    return pipeline.capture(
+    return pipeline.capture_raw(
         peer=client[0] if client else None,
         scheme=scope.get("scheme") or "http",
         server=(server[0], server[1]) if server else None,
         raw_path=path,
         query_string=query.decode("latin-1") if isinstance(query, bytes) else str(query),
-        headers=headers,
-        raw_headers=raw_headers,
+        header_map=asgi_header_map(scope.get("headers") or ()),
     )
 
 
@@ -210,13 +238,13 @@ def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipelin
         cookies = ctx.take_set_cookies()
         if not cookies:
             return
+        # A copy: an app may reuse one header list for every response.
         headers = list(message.get("headers") or ())
         for name, value in headers:
             if name.lower() == b"cache-control" and is_shared_cacheable(value.decode("latin-1")):
                 # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
                 return
-        for cookie in cookies:
-            headers.append((b"set-cookie", cookie.encode("latin-1")))
+        headers.extend([(b"set-cookie", cookie.encode("latin-1")) for cookie in cookies])
         message["headers"] = headers
     except Exception as exc:
         pipeline.count("capture_errors")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
     "google_consent_mode",
     "gpc_ldu",
     "parse_tc_string",
+    "signals_read",
     "site_cookie",
     "tcf_v2",
 ]
@@ -86,6 +88,72 @@ class ConsentSignals(Protocol):
 
 
 ConsentPolicy = Callable[[ConsentSignals], bool | ConsentDecision | None]
+
+
+@dataclass(frozen=True)
+class SignalsRead:
+    """Every cookie and header a built-in policy looks at (names as given, headers lowercase).
+
+    A built-in policy's answer is a pure function of these values, so a caller may reuse the
+    decision for a request that carries the same values (the middleware does, bounded).
+    """
+
+    cookies: tuple[str, ...]
+    headers: tuple[str, ...]
+
+
+# Built-in policies and what they read; user callables are absent (their reads are unknown).
+_reads: weakref.WeakKeyDictionary[Callable[..., object], SignalsRead] = weakref.WeakKeyDictionary()
+_NOTHING_READ = SignalsRead(cookies=(), headers=())
+
+
+def _declare(
+    policy: ConsentPolicy, cookies: Iterable[str] = (), headers: Iterable[str] = ()
+) -> ConsentPolicy:
+    _reads[policy] = SignalsRead(
+        cookies=tuple(dict.fromkeys(cookies)),
+        headers=tuple(dict.fromkeys(h.lower() for h in headers)),
+    )
+    return policy
+
+
+def _read_by(policy: object) -> SignalsRead | None:
+    try:
+        read: SignalsRead | None = _reads.get(policy)  # type: ignore[call-overload]
+        return read
+    except TypeError:  # not weak-referenceable or not hashable: certainly not one of ours
+        return None
+
+
+def _union(policy: ConsentPolicy, parts: Iterable[object]) -> ConsentPolicy:
+    # A combinator reads what its parts read, and is knowable only when every part is.
+    found = []
+    for part in parts:
+        read = _read_by(part)
+        if read is None:
+            return policy
+        found.append(read)
+    return _declare(
+        policy,
+        cookies=[c for r in found for c in r.cookies],
+        headers=[h for r in found for h in r.headers],
+    )
+
+
+def signals_read(policy: ConsentPolicy | bool | None) -> SignalsRead | None:
+    """What `evaluate` reads for ``policy``, or None when it cannot be known (a user callable).
+
+    ``None`` (the default policy), ``True``, ``False`` and the built-ins and their combinations
+    are known; the answer for them depends on nothing else in the request.
+    """
+    if policy is None:
+        policy = _DEFAULT
+    elif policy is True:
+        policy = _NOT_REQUIRED
+    elif policy is False:
+        return _NOTHING_READ
+    return _read_by(policy)
+
 
 # Browsers keep at most ~4 KB per cookie; anything longer did not come from a consent banner,
 # so it is treated as absent instead of being parsed.
@@ -179,6 +247,10 @@ def always_denied(signals: ConsentSignals) -> ConsentDecision:
     return ConsentDecision(granted=False, reason="always_denied")
 
 
+_declare(always_granted)
+_declare(always_denied)
+
+
 def _check_policies(combinator: str, policies: tuple[object, ...]) -> None:
     if not policies:
         raise ValueError(f"{combinator}: needs at least one policy")
@@ -202,7 +274,7 @@ def first_of(*policies: ConsentPolicy) -> ConsentPolicy:
                 return answer
         return None
 
-    return first_of_policy
+    return _union(first_of_policy, policies)
 
 
 def all_of(*policies: ConsentPolicy) -> ConsentPolicy:
@@ -232,7 +304,7 @@ def all_of(*policies: ConsentPolicy) -> ConsentPolicy:
             return None
         return ConsentDecision(granted=True, ldu=ldu, reason="+".join(reasons) or "all_of")
 
-    return all_of_policy
+    return _union(all_of_policy, policies)
 
 
 def any_of(*policies: ConsentPolicy) -> ConsentPolicy:
@@ -254,7 +326,7 @@ def any_of(*policies: ConsentPolicy) -> ConsentPolicy:
                 denial = answer
         return denial
 
-    return any_of_policy
+    return _union(any_of_policy, policies)
 
 
 # -- GPC → Limited Data Use -----------------------------------------------------------------
@@ -288,7 +360,10 @@ def gpc_ldu(policy: ConsentPolicy) -> ConsentPolicy:
             return None
         return _apply_gpc(answer, signals)
 
-    return gpc_ldu_policy
+    inner = _read_by(policy)
+    if inner is None:
+        return gpc_ldu_policy
+    return _declare(gpc_ldu_policy, inner.cookies, (*inner.headers, "sec-gpc"))
 
 
 # -- shared cookie value parsing ------------------------------------------------------------
@@ -431,7 +506,7 @@ def site_cookie(
             return deny
         return None
 
-    return site_cookie_policy
+    return _declare(site_cookie_policy, cookies=(name,))
 
 
 # -- Google Consent Mode v2 -----------------------------------------------------------------
@@ -500,7 +575,11 @@ def google_consent_mode(
             return grant
         return None
 
-    return google_consent_mode_policy
+    return _declare(
+        google_consent_mode_policy,
+        cookies=(cookie,) if cookie is not None else (),
+        headers=(header,) if header is not None else (),
+    )
 
 
 # -- IAB TCF v2 -----------------------------------------------------------------------------
@@ -735,7 +814,7 @@ def tcf_v2(
             return deny
         return grant
 
-    return tcf_v2_policy
+    return _declare(tcf_v2_policy, cookies=(cookie,))
 
 
 # -- the default ----------------------------------------------------------------------------
@@ -754,11 +833,14 @@ def default_policy() -> ConsentPolicy:
         answer = _ask(chain, signals)
         return _NO_SIGNAL if answer is None else answer
 
-    return default_consent_policy
+    return _union(default_consent_policy, (chain,))
 
 
 def _consent_not_required(signals: ConsentSignals) -> ConsentDecision:
     return ConsentDecision(granted=True, reason="not_required")
+
+
+_declare(_consent_not_required)
 
 
 _DEFAULT = default_policy()

@@ -12,6 +12,7 @@ dict to the background sender. Nothing here does network I/O or raises into the 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import html
 import logging
 import re
@@ -20,15 +21,22 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from capi_middleware import client_ip as client_ip_rules
 from capi_middleware import cookies as cookie_rules
 from capi_middleware import events as event_rules
 from capi_middleware.config import CAPIConfig
-from capi_middleware.consent import ConsentDecision, default_policy, evaluate
+from capi_middleware.consent import (
+    ConsentDecision,
+    ConsentSignals,
+    default_policy,
+    evaluate,
+    signals_read,
+)
 from capi_middleware.enhancement import EnhancementCookie, Remembered, remembered_from_user_data
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.pixel import render_fbq_track
@@ -43,6 +51,7 @@ __all__ = [
     "TrackResult",
     "TrackStatus",
     "current",
+    "is_navigation",
 ]
 
 logger = logging.getLogger("capi_middleware")
@@ -65,8 +74,17 @@ MAX_COOKIE_HEADER_CHARS = 16384
 MAX_USER_AGENT_CHARS = 1024
 MAX_URL_CHARS = 4096
 
-_EMPTY: Mapping[str, str] = {}
-_PLAN_MEMO_SIZE = 4096
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_UNSET: Any = object()  # a lazy RequestContext attribute not worked out yet
+
+# Memos on the request path (consent decisions, the visitor's validated cookies, parsed Cookie
+# headers) are bounded in entries and in the size of what keys them, since clients choose it.
+_MEMO_SIZE = 4096
+_MEMO_MAX_CHARS = 4096
+_COOKIE_CACHE_SIZE = 1024
+_COOKIE_CACHE_MAX_CHARS = 2048
+
+_FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
 CAPTURED_HEADERS = frozenset(
     (
@@ -190,26 +208,39 @@ class RequestContext:
         referrer_url: the Referer, when it is an http(s) URL.
         consent: the `ConsentDecision` for this request.
         secure: True when the visitor reached us over https.
+
+    ``client_ip``, ``user_agent``, ``event_source_url``, ``referrer_url`` and ``cookies`` are
+    worked out on first read (by ``track()`` or the app), not on every request: most requests
+    never need them, and the middleware's cost is paid by every request.
     """
 
     __slots__ = (
+        "_client_ip",
+        "_cookie_header",
         "_cookies",
         "_error",
+        "_event_source_url",
         "_headers",
+        "_host",
+        "_peer",
         "_pipeline",
+        "_query_string",
         "_raw_headers",
+        "_raw_map",
+        "_raw_path",
+        "_referer",
+        "_referrer_url",
         "_remembered",
         "_response_started",
+        "_scheme",
+        "_server",
         "_set_cookie",
-        "client_ip",
+        "_user_agent",
         "consent",
-        "event_source_url",
         "fbc",
         "fbclid",
         "fbp",
-        "referrer_url",
         "secure",
-        "user_agent",
     )
 
     def __init__(
@@ -231,19 +262,29 @@ class RequestContext:
     ) -> None:
         self._pipeline = pipeline
         self._headers = headers
-        self._cookies = cookies
+        self._raw_map: Mapping[bytes, bytes] | None = None
+        self._raw_headers: Sequence[tuple[bytes, bytes]] | None = None
+        self._cookie_header: str | None = None
+        self._cookies: Mapping[str, str] | None = cookies
         self._error = error
         self._remembered: Remembered | None = None
         self._response_started = False
         self._set_cookie: list[str] = []
-        self._raw_headers: Sequence[tuple[bytes, bytes]] | None = None
-        self.client_ip = client_ip
-        self.user_agent = user_agent
+        self._peer: str | None = None
+        self._scheme = "https" if secure else "http"
+        self._server: tuple[str, int | None] | None = None
+        self._raw_path = "/"
+        self._query_string = ""
+        self._referer: str | None = None
+        self._host: Any = None
+        # Given values are final; the pipeline's contexts start these as _UNSET (lazy).
+        self._client_ip: Any = client_ip
+        self._user_agent: Any = user_agent
+        self._event_source_url: Any = event_source_url
+        self._referrer_url: Any = referrer_url
         self.fbp = fbp
         self.fbc = fbc
         self.fbclid = fbclid
-        self.event_source_url = event_source_url
-        self.referrer_url = referrer_url
         self.secure = secure
         self.consent = consent if consent is not None else _UNDECIDED
 
@@ -256,20 +297,107 @@ class RequestContext:
         ]
         return f"RequestContext(present={present}, consent={self.consent!r})"
 
+    # -- what is worked out on first read ------------------------------------------------
+
+    @property
+    def client_ip(self) -> str | None:
+        """The visitor's public IP (trusted proxies honoured), or None."""
+        value = self._client_ip
+        if value is _UNSET:
+            try:
+                value = _sendable_ip(self._peer) if self._peer else None
+            except Exception as exc:
+                self._lazy_failed("client IP", exc)
+                value = None
+            self._client_ip = value
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def user_agent(self) -> str | None:
+        """The User-Agent header (control characters removed, capped), or None."""
+        value = self._user_agent
+        if value is _UNSET:
+            try:
+                value = _clean_user_agent(self.header("user-agent"))
+            except Exception as exc:
+                self._lazy_failed("user agent", exc)
+                value = None
+            self._user_agent = value
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def event_source_url(self) -> str | None:
+        """The page's URL as the browser asked for it, or None without a usable host."""
+        value = self._event_source_url
+        if value is _UNSET:
+            try:
+                value = _page_url(
+                    self._scheme, self._page_host(), self._raw_path, self._query_string
+                )
+            except Exception as exc:
+                self._lazy_failed("page URL", exc)
+                value = None
+            self._event_source_url = value
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def referrer_url(self) -> str | None:
+        """The Referer, when it is an http(s) URL."""
+        value = self._referrer_url
+        if value is _UNSET:
+            try:
+                value = _clean_referrer(self._referer) if self._referer is not None else None
+            except Exception as exc:
+                self._lazy_failed("referrer", exc)
+                value = None
+            self._referrer_url = value
+        return value  # type: ignore[no-any-return]
+
+    def _page_host(self) -> str | None:
+        """The host for the page URL and the cookies: Host header, else the server address."""
+        host = self._host
+        if host is _UNSET:
+            scheme = self._scheme
+            host = _page_host(self.header("host"), scheme)
+            if host is None and self._server is not None:
+                host = _host_from_server(self._server, scheme)
+            self._host = host
+        return host  # type: ignore[no-any-return]
+
+    def _lazy_failed(self, what: str, exc: Exception) -> None:
+        # Reading an attribute must never raise into the app: count, log, and say None.
+        self._pipeline.count("capture_errors")
+        log_internal_error(what, exc)
+
     # -- ConsentSignals ---------------------------------------------------------------------
 
     @property
     def cookies(self) -> Mapping[str, str]:
-        """The request's cookies, name -> value (first occurrence wins)."""
-        return self._cookies
+        """The request's cookies, name -> value (first occurrence wins); read-only."""
+        cookies = self._cookies
+        if cookies is None:
+            cookies = self._cookies = _parsed_cookies(self._cookie_header)
+        return cookies
 
     def header(self, name: str) -> str | None:
         """A request header by name (any case); repeated headers joined with ``", "``."""
         key = name.lower()
-        value = self._headers.get(key)
-        if value is None and self._raw_headers is not None and key not in CAPTURED_HEADERS:
-            value = _read_raw_header(self._raw_headers, key)
-        return value
+        raw_map = self._raw_map
+        if raw_map is not None:
+            # ASGI: decoded on demand (latin-1 decodes any byte, so a client's junk never
+            # raises); Cookie keeps its larger cap.
+            try:
+                value = raw_map.get(key.encode("latin-1"))
+            except UnicodeEncodeError:
+                return None
+            if value is None:
+                return None
+            limit = MAX_COOKIE_HEADER_CHARS if key == "cookie" else MAX_HEADER_CHARS
+            return value[:limit].decode("latin-1")
+        found = self._headers.get(key)
+        if found is None and self._raw_headers is not None and key not in CAPTURED_HEADERS:
+            found = _read_raw_header(self._raw_headers, key)
+        return found
 
     # -- the app's API ----------------------------------------------------------------------
 
@@ -364,11 +492,20 @@ class CapturePipeline:
         self._has_trust = bool(config.trusted_proxies)
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
-        self._plan_memo: dict[
-            tuple[str, bool, str | None, str | None, str | None], cookie_rules.CookiePlan
-        ] = {}
+        self._kept_memo: dict[tuple[str, bool, str | None, str | None], cookie_rules.KeptCookies]
+        self._kept_memo = {}
         consent_option = config.consent
         self._policy: Any = default_policy() if consent_option is None else consent_option
+        self._consent_reads = reads = signals_read(self._policy)
+        self._consent_memo: dict[
+            tuple[tuple[str | None, ...], tuple[str | None, ...]], ConsentDecision
+        ] = {}
+        names = reads.cookies if reads is not None else ()
+        self._no_consent_cookies: tuple[str | None, ...] = (None,) * len(names)
+        # One C-speed scan for "is any of the policy's cookie names in the Cookie header?"
+        self._consent_cookie_names = re.compile(
+            "|".join(re.escape(name) for name in names) if names else "(?!)"
+        )
         self._enhancement = (
             EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
         )
@@ -377,6 +514,10 @@ class CapturePipeline:
         self._sender_lock = threading.Lock()
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        # Requests are counted without the lock: next() on itertools.count is atomic under the
+        # GIL. Reading it takes one value, so stats() subtracts the reads it made.
+        self._request_counter = itertools.count()
+        self._request_counter_reads = 0
         self._invalid: Counter[str] = Counter()
         if not config.destinations() and not config.dry_run:
             logger.warning(
@@ -399,9 +540,11 @@ class CapturePipeline:
         with self._counts_lock:
             counts = dict(self._counts)
             invalid = dict(self._invalid)
+            requests = next(self._request_counter) - self._request_counter_reads
+            self._request_counter_reads += 1
         sender = self._sender or self._closed_sender
         return CaptureStats(
-            requests=counts.get("requests", 0),
+            requests=requests,
             capture_errors=counts.get("capture_errors", 0),
             consent_denied=counts.get("consent_denied", 0),
             invalid=invalid,
@@ -440,69 +583,108 @@ class CapturePipeline:
             raw_headers: the ASGI header list; ``ctx.header()`` reads other headers from it
                 on demand, so capture decodes only what it uses.
         """
-        with self._counts_lock:
-            self._counts["requests"] += 1
-        get = headers.get
+        ctx = _lazy_context(self)
+        ctx._headers = headers
+        ctx._raw_headers = raw_headers
+        return self._capture(ctx, peer, scheme, server, raw_path, query_string)
+
+    def capture_raw(
+        self,
+        *,
+        peer: str | None,
+        scheme: str,
+        server: tuple[str, int | None] | None,
+        raw_path: str,
+        query_string: str,
+        header_map: Mapping[bytes, bytes],
+    ) -> RequestContext:
+        """`capture` for ASGI: headers as lowercase byte names -> raw byte values.
+
+        ``header_map`` must hold each header once (repeats joined, see `asgi_header_map`);
+        values are decoded only when read, and capped then.
+        """
+        ctx = _lazy_context(self)
+        ctx._raw_map = header_map
+        return self._capture(ctx, peer, scheme, server, raw_path, query_string)
+
+    def _capture(
+        self,
+        ctx: RequestContext,
+        peer: str | None,
+        scheme: str,
+        server: tuple[str, int | None] | None,
+        raw_path: str,
+        query_string: str,
+    ) -> RequestContext:
+        """Do on every request only what the consent decision and the cookies need.
+
+        The client IP, user agent, page URL and referrer are left to first read (`track()` or
+        the app); consent, fbclid and the cookie plan cannot wait, since the Set-Cookie headers
+        go out with the response head.
+        """
+        next(self._request_counter)
 
         # Client IP, and scheme/host from a trusted proxy (uvicorn's proxy_headers model:
         # forwarded headers are believed only from a trusted peer).
         forwarded_host = None
         if self._has_trust:
-            info = client_ip_rules.resolve_client(peer, headers, self._trust)
-            client_ip = info.client_ip
+            forwarded = {}
+            for name in _FORWARDED_HEADERS:
+                value = ctx.header(name)
+                if value is not None:
+                    forwarded[name] = value
+            info = client_ip_rules.resolve_client(peer, forwarded, self._trust)
+            ctx._client_ip = info.client_ip
             scheme = info.scheme or scheme
             forwarded_host = info.host
-        else:
-            client_ip = _sendable_ip(peer) if peer else None
         if scheme not in _DEFAULT_PORT:
             scheme = scheme.lower()
             if scheme not in _DEFAULT_PORT:
                 scheme = "https" if scheme == "wss" else "http"
-        host = _page_host(forwarded_host, scheme) if forwarded_host is not None else None
-        if host is None:
-            host = _page_host(get("host"), scheme)
-        if host is None and server is not None:
-            host = _host_from_server(server, scheme)
+        if forwarded_host is not None:
+            host = _page_host(forwarded_host, scheme)
+            if host is not None:
+                ctx._host = host
+        ctx._peer = peer
+        ctx._scheme = scheme
+        ctx._server = server
+        ctx._raw_path = raw_path
+        ctx._query_string = query_string
+        secure = ctx.secure = scheme == "https"
 
-        cookie_header = get("cookie")
-        cookies = cookie_rules.parse_cookie_header(cookie_header) if cookie_header else _EMPTY
-        referer = get("referer")
+        raw_map = ctx._raw_map
+        if raw_map is not None:  # ASGI: the two headers every request needs, decoded here
+            raw = raw_map.get(b"cookie")
+            cookie_header = raw[:MAX_COOKIE_HEADER_CHARS].decode("latin-1") if raw else None
+            raw = raw_map.get(b"referer")
+            referer = raw[:MAX_HEADER_CHARS].decode("latin-1") if raw is not None else None
+        else:
+            cookie_header = ctx.header("cookie")
+            referer = ctx.header("referer")
+        ctx._cookie_header = cookie_header
+        ctx._referer = referer
         fbclid = None
         # fbclid is rare; skip the parse unless its name appears at all.
         if "fbclid" in query_string or (referer is not None and "fbclid" in referer):
-            fbclid = cookie_rules.extract_fbclid(query_string, referer)
-        secure = scheme == "https"
-        ctx = RequestContext(
-            self,
-            headers=headers,
-            cookies=cookies,
-            client_ip=client_ip,
-            user_agent=_clean_user_agent(get("user-agent")),
-            fbclid=fbclid,
-            event_source_url=_page_url(scheme, host, raw_path, query_string),
-            referrer_url=_clean_referrer(referer) if referer is not None else None,
-            secure=secure,
-        )
-        ctx._raw_headers = raw_headers
+            fbclid = ctx.fbclid = cookie_rules.extract_fbclid(query_string, referer)
+
         # Consent comes before any cookie is set or any event queued.
-        decision = evaluate(self._policy, ctx)
-        ctx.consent = decision
-        if decision.granted and host is not None:
-            try:
-                plan = self._plan(host, secure, cookies, fbclid)
-            except Exception as exc:
-                # Keep the request and the context; only the cookies are lost.
-                self.count("capture_errors")
-                log_internal_error("cookie planning", exc)
-            else:
-                ctx.fbc = plan.fbc
-                ctx.fbp = plan.fbp
-                if plan.set_cookie:
-                    ctx._set_cookie.extend(plan.set_cookie)
-                return ctx
-        if cookies:
+        decision = ctx.consent = self._decide(ctx, cookie_header)
+        if decision.granted:
+            host = ctx._page_host()
+            if host is not None:
+                try:
+                    self._plan(ctx, host, secure, cookie_header, fbclid)
+                except Exception as exc:
+                    # Keep the request and the context; only the cookies are lost.
+                    self.count("capture_errors")
+                    log_internal_error("cookie planning", exc)
+                else:
+                    return ctx
+        if cookie_header and "_fb" in cookie_header:
             # Without consent the visitor's own valid cookies are still read (never set); a
             # malformed value is ignored, never echoed back (reference §4).
+            cookies = ctx.cookies
             fbp = cookies.get(cookie_rules.FBP_COOKIE)
             if fbp is not None and cookie_rules.is_valid_fbp(fbp):
                 ctx.fbp = fbp
@@ -511,37 +693,96 @@ class CapturePipeline:
                 ctx.fbc = fbc
         return ctx
 
-    def _plan(
-        self, host: str, secure: bool, cookies: Mapping[str, str], fbclid: str | None
-    ) -> cookie_rules.CookiePlan:
-        """cookies.plan_cookies, memoized for plans that mint nothing.
+    def _decide(self, ctx: RequestContext, cookie_header: str | None) -> ConsentDecision:
+        """consent.evaluate, reused for requests that carry the same consent signals.
 
-        A browser sends the same _fbc/_fbp on every request of a visit (the page, its API
-        calls); re-validating and re-rendering them each time is most of capture's cost. A plan
-        that only keeps valid cookies depends on the request alone (a valid cookie stays valid
-        as time passes), so it can be reused. Plans that mint depend on the clock: never kept.
+        A built-in policy's answer depends only on the cookies and headers it declares
+        (`consent.signals_read`), so the decision is memoized by their values; a visitor
+        without any consent cookie costs a few substring tests. A user's own callable runs on
+        every request, as it may read anything.
         """
-        raw_fbc = cookies.get(cookie_rules.FBC_COOKIE)
-        raw_fbp = cookies.get(cookie_rules.FBP_COOKIE)
-        key = (host, secure, raw_fbc, raw_fbp, fbclid)
-        plan = self._plan_memo.get(key)
-        if plan is not None:
-            return plan
-        # The plan validates the visitor's _fbc/_fbp (and mints what is missing).
-        plan = cookie_rules.plan_cookies(
-            host=_hostname(host),
-            secure=secure,
-            cookies=cookies,
-            fbclid=fbclid,
-            cookie_domain=self._cookie_domain,
-            set_fbp=self._set_fbp,
-            now_ms=int(time.time() * 1000),
-        )
-        if plan.fbc == raw_fbc and plan.fbp == raw_fbp:
-            if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
-                self._plan_memo.clear()  # bounded; clearing beats LRU bookkeeping per request
-            self._plan_memo[key] = plan
-        return plan
+        reads = self._consent_reads
+        if reads is None:
+            return evaluate(self._policy, ctx)
+        if cookie_header and self._consent_cookie_names.search(cookie_header):
+            # Parse only when one of the policy's cookie names appears at all.
+            cookie_values = tuple(map(ctx.cookies.get, reads.cookies))
+        else:
+            cookie_values = self._no_consent_cookies
+        key = (cookie_values, tuple(map(ctx.header, reads.headers)))
+        decision = self._consent_memo.get(key)
+        if decision is None:
+            decision = evaluate(self._policy, ctx)
+            size = sum(len(v) for part in key for v in part if v is not None)
+            if size <= _MEMO_MAX_CHARS:
+                _memoize(self._consent_memo, key, decision)
+        return decision
+
+    def _plan(
+        self,
+        ctx: RequestContext,
+        host: str,
+        secure: bool,
+        cookie_header: str | None,
+        fbclid: str | None,
+    ) -> None:
+        """Set ctx.fbc / ctx.fbp and the Set-Cookie values for this response (with consent).
+
+        Meta §4: a new fbclid mints ``_fbc``, a missing ``_fbp`` is minted, on any request. The
+        visitor's own valid cookies are re-sent only on a document navigation: one refresh
+        per page view extends Safari's 7-day cap on script-set cookies as well as one per
+        request would, without a Set-Cookie on every API call and asset (see
+        `is_navigation`).
+
+        Validating and rendering the visitor's own cookies depends only on (host, scheme,
+        raw values), and a browser sends the same values on every request of a visit, so that
+        half is memoized (`cookies.keep_cookies`). Minting depends on the clock: never kept.
+        """
+        if cookie_header and "_fb" in cookie_header:
+            cookies = ctx.cookies
+            raw_fbc = cookies.get(cookie_rules.FBC_COOKIE)
+            raw_fbp = cookies.get(cookie_rules.FBP_COOKIE)
+        else:
+            raw_fbc = raw_fbp = None
+        key = (host, secure, raw_fbc, raw_fbp)
+        kept = self._kept_memo.get(key)
+        if kept is None:
+            kept = cookie_rules.keep_cookies(
+                host=_hostname(host),
+                secure=secure,
+                fbc=raw_fbc,
+                fbp=raw_fbp,
+                cookie_domain=self._cookie_domain,
+                now_ms=int(time.time() * 1000),
+            )
+            if len(raw_fbc or "") + len(raw_fbp or "") <= _MEMO_MAX_CHARS:
+                _memoize(self._kept_memo, key, kept)
+        fbc = kept.fbc
+        fbp = kept.fbp
+        navigation: bool | None = None
+        set_cookie = ctx._set_cookie
+        if fbclid is not None and fbclid != kept.fbc_click_id:
+            fbc = cookie_rules.mint_fbc(
+                fbclid, subdomain_index=kept.subdomain_index, now_ms=int(time.time() * 1000)
+            )
+            set_cookie.append(f"{cookie_rules.FBC_COOKIE}={fbc}{kept.attributes}")
+        elif kept.fbc_header is not None:
+            navigation = _is_navigation(ctx)
+            if navigation:
+                set_cookie.append(kept.fbc_header)
+        if fbp is None:
+            if self._set_fbp:
+                fbp = cookie_rules.mint_fbp(
+                    subdomain_index=kept.subdomain_index, now_ms=int(time.time() * 1000)
+                )
+                set_cookie.append(f"{cookie_rules.FBP_COOKIE}={fbp}{kept.attributes}")
+        elif kept.fbp_header is not None:
+            if navigation is None:
+                navigation = _is_navigation(ctx)
+            if navigation:
+                set_cookie.append(kept.fbp_header)
+        ctx.fbc = fbc
+        ctx.fbp = fbp
 
     # -- track ------------------------------------------------------------------------------
 
@@ -713,9 +954,7 @@ class CapturePipeline:
     def _remembered(self, ctx: RequestContext) -> Remembered:
         assert self._enhancement is not None
         if ctx._remembered is None:
-            ctx._remembered = self._enhancement.load(
-                ctx._cookies.get(self._enhancement.cookie_name)
-            )
+            ctx._remembered = self._enhancement.load(ctx.cookies.get(self._enhancement.cookie_name))
         return ctx._remembered
 
     def _remember(
@@ -750,6 +989,101 @@ def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
     from capi_middleware.normalize import FRIENDLY_KEYS
 
     return {FRIENDLY_KEYS.get(k, k) for k in user_data}
+
+
+def _lazy_context(pipeline: CapturePipeline) -> RequestContext:
+    """A RequestContext for `CapturePipeline._capture` to fill; lazy attributes unset."""
+    ctx = RequestContext.__new__(RequestContext)
+    ctx._pipeline = pipeline
+    ctx._headers = _EMPTY
+    ctx._raw_map = None
+    ctx._raw_headers = None
+    ctx._cookie_header = None
+    ctx._cookies = None
+    ctx._error = None
+    ctx._remembered = None
+    ctx._response_started = False
+    ctx._set_cookie = []
+    ctx._referer = None
+    ctx._host = _UNSET
+    ctx._client_ip = _UNSET
+    ctx._user_agent = _UNSET
+    ctx._event_source_url = _UNSET
+    ctx._referrer_url = _UNSET
+    ctx.fbp = None
+    ctx.fbc = None
+    ctx.fbclid = None
+    ctx.consent = _UNDECIDED
+    return ctx
+
+
+def is_navigation(signals: ConsentSignals) -> bool:
+    """True when the request is a page load (a document navigation), not an API call or asset.
+
+    Fetch Metadata first: ``Sec-Fetch-Dest: document`` or ``Sec-Fetch-Mode: navigate``. A
+    client that sends neither (older browsers) counts when its ``Accept`` asks for
+    ``text/html``. Kept cookies are re-sent only on these (see `CapturePipeline._plan`).
+    """
+    dest = signals.header("sec-fetch-dest")
+    mode = signals.header("sec-fetch-mode")
+    if dest is None and mode is None:
+        accept = signals.header("accept")
+        return accept is not None and "text/html" in accept.lower()
+    return (dest is not None and dest.strip(_WHITESPACE).lower() == "document") or (
+        mode is not None and mode.strip(_WHITESPACE).lower() == "navigate"
+    )
+
+
+_WHITESPACE = " \t\r\n\x0b\x0c"  # what bytes.strip() strips: both rules strip the same
+
+
+def _is_navigation(ctx: RequestContext) -> bool:
+    """`is_navigation`, reading the raw ASGI header map directly when there is one."""
+    raw_map = ctx._raw_map
+    if raw_map is None:
+        return is_navigation(ctx)
+    dest = raw_map.get(b"sec-fetch-dest")
+    mode = raw_map.get(b"sec-fetch-mode")
+    if dest is None and mode is None:
+        accept = raw_map.get(b"accept")
+        return accept is not None and b"text/html" in accept.lower()
+    return (dest is not None and dest.strip().lower() == b"document") or (
+        mode is not None and mode.strip().lower() == b"navigate"
+    )
+
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+def _memoize(memo: dict[_K, _V], key: _K, value: _V) -> None:
+    """Store in a bounded memo; when full, forget the older half (dicts keep insertion order)."""
+    if len(memo) >= _MEMO_SIZE:
+        for old in list(memo)[: _MEMO_SIZE // 2]:
+            memo.pop(old, None)
+    memo[key] = value
+
+
+_cookie_cache: dict[str, Mapping[str, str]] = {}
+
+
+def _parsed_cookies(header: str | None) -> Mapping[str, str]:
+    """cookies.parse_cookie_header, read-only and cached by the header's text.
+
+    A browser sends the same Cookie header on every request of a visit; short headers are
+    cached (bounded), long ones parsed each time.
+    """
+    if not header:
+        return _EMPTY
+    cookies = _cookie_cache.get(header)
+    if cookies is None:
+        cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
+        if len(header) <= _COOKIE_CACHE_MAX_CHARS:
+            if len(_cookie_cache) >= _COOKIE_CACHE_SIZE:
+                for old in list(_cookie_cache)[: _COOKIE_CACHE_SIZE // 2]:
+                    _cookie_cache.pop(old, None)
+            _cookie_cache[header] = cookies
+    return cookies
 
 
 _ip_cache: dict[str, str | None] = {}

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
@@ -29,16 +29,19 @@ __all__ = [
     "FBC_COOKIE",
     "FBP_COOKIE",
     "CookiePlan",
+    "KeptCookies",
     "cookie_domain_for",
     "extract_fbclid",
     "fbc_click_id",
     "is_valid_fbc",
     "is_valid_fbp",
+    "keep_cookies",
     "mint_fbc",
     "mint_fbp",
     "parse_cookie_header",
     "plan_cookies",
     "render_set_cookie",
+    "set_cookie_attributes",
     "subdomain_index",
 ]
 
@@ -386,11 +389,29 @@ def render_set_cookie(
         raise ValueError("render_set_cookie: invalid cookie name")
     if not isinstance(value, str) or not _COOKIE_VALUE_RE.fullmatch(value):
         raise ValueError("render_set_cookie: invalid cookie value")
-    if domain is not None and (not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain)):
+    return f"{name}={value}{set_cookie_attributes(domain, secure, max_age)}"
+
+
+def set_cookie_attributes(domain: str | None, secure: bool, max_age: int = COOKIE_MAX_AGE) -> str:
+    """The attributes after ``name=value`` in `render_set_cookie`'s header, from ``"; Path=/"``.
+
+    They depend only on the domain and the scheme, so the request path renders a cookie it
+    minted or validated as ``f"{name}={value}{attributes}"``. Raises ValueError like
+    `render_set_cookie`. Cached (bounded): a site has a handful of cookie domains.
+    """
+    if domain is not None and not isinstance(domain, str):
         raise ValueError("render_set_cookie: invalid domain")
     if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
         raise ValueError("render_set_cookie: max_age must be a non-negative integer")
-    parts = [f"{name}={value}", "Path=/"]
+    return _attributes(domain, bool(secure), max_age)
+
+
+@functools.lru_cache(maxsize=256)
+def _attributes(domain: str | None, secure: bool, max_age: int) -> str:
+    # Raising is never cached: an invalid domain is checked again on every call.
+    if domain is not None and not _DOMAIN_RE.fullmatch(domain):
+        raise ValueError("render_set_cookie: invalid domain")
+    parts = ["", "Path=/"]
     if domain is not None:
         parts.append(f"Domain={domain}")
     parts.append(f"Max-Age={max_age}")
@@ -418,6 +439,64 @@ class CookiePlan:
     set_cookie: tuple[str, ...]
 
 
+class KeptCookies(NamedTuple):
+    """The visitor's own ``_fbc``/``_fbp``, validated, and how to set them on a response.
+
+    What `keep_cookies` found: it depends only on the host, the scheme and the two raw cookie
+    values (a valid cookie stays valid as time passes), so a caller may reuse it for every
+    request of a visit that sends the same values.
+
+    Parameters:
+        fbc: the visitor's valid ``_fbc``, or None.
+        fbc_click_id: its click id (fourth segment), or None.
+        fbp: the visitor's valid ``_fbp``, or None.
+        subdomain_index: the subdomain index for cookies minted on this host.
+        attributes: the Set-Cookie attributes for this host and scheme (`set_cookie_attributes`).
+        fbc_header: the Set-Cookie value that re-sends ``fbc``, or None.
+        fbp_header: likewise for ``fbp``.
+    """
+
+    fbc: str | None
+    fbc_click_id: str | None
+    fbp: str | None
+    subdomain_index: int
+    attributes: str
+    fbc_header: str | None
+    fbp_header: str | None
+
+
+def keep_cookies(
+    *,
+    host: str,
+    secure: bool,
+    fbc: str | None,
+    fbp: str | None,
+    cookie_domain: str | None,
+    now_ms: int,
+) -> KeptCookies:
+    """Validate the visitor's raw ``_fbc`` and ``_fbp`` and render their re-sent headers.
+
+    Invalid values are dropped here, so they can never be echoed (Meta §4). The first half of
+    `plan_cookies`; the second half (minting) depends on the clock and is done per request.
+    """
+    domain = cookie_domain_for(host, cookie_domain)
+    index = subdomain_index(domain, host)
+    attributes = set_cookie_attributes(domain, secure)
+    fbc_match = _fbc_match(fbc, now_ms)
+    kept_fbc = fbc_match.string if fbc_match is not None else None
+    kept_fbp = fbp if _valid_fbp(fbp, now_ms) else None
+    # Both values matched the cookie formats above, a subset of what render_set_cookie accepts.
+    return KeptCookies(
+        fbc=kept_fbc,
+        fbc_click_id=fbc_match[3] if fbc_match is not None else None,
+        fbp=kept_fbp,
+        subdomain_index=index,
+        attributes=attributes,
+        fbc_header=f"{FBC_COOKIE}={kept_fbc}{attributes}" if kept_fbc is not None else None,
+        fbp_header=f"{FBP_COOKIE}={kept_fbp}{attributes}" if kept_fbp is not None else None,
+    )
+
+
 def plan_cookies(
     *,
     host: str,
@@ -436,26 +515,21 @@ def plan_cookies(
     valid cookies, kept or minted, are sent again so they outlive Safari's 7-day cap on
     script-set cookies. Invalid cookie values are ignored and never echoed.
     """
-    domain = cookie_domain_for(host, cookie_domain)
-    index = subdomain_index(domain, host)
-
-    fbc_match = _fbc_match(cookies.get(FBC_COOKIE), now_ms)
-    fbc = fbc_match.string if fbc_match is not None else None
-    if (
-        fbclid is not None
-        and _valid_click_id(fbclid)
-        and (fbc_match is None or fbc_match[3] != fbclid)
-    ):
-        fbc = mint_fbc(fbclid, subdomain_index=index, now_ms=now_ms)
-
-    raw_fbp = cookies.get(FBP_COOKIE)
-    fbp = raw_fbp if _valid_fbp(raw_fbp, now_ms) else None
+    kept = keep_cookies(
+        host=host,
+        secure=secure,
+        fbc=cookies.get(FBC_COOKIE),
+        fbp=cookies.get(FBP_COOKIE),
+        cookie_domain=cookie_domain,
+        now_ms=now_ms,
+    )
+    fbc, fbc_header = kept.fbc, kept.fbc_header
+    if fbclid is not None and _valid_click_id(fbclid) and kept.fbc_click_id != fbclid:
+        fbc = mint_fbc(fbclid, subdomain_index=kept.subdomain_index, now_ms=now_ms)
+        fbc_header = f"{FBC_COOKIE}={fbc}{kept.attributes}"
+    fbp, fbp_header = kept.fbp, kept.fbp_header
     if fbp is None and set_fbp:
-        fbp = mint_fbp(subdomain_index=index, now_ms=now_ms)
-
-    headers: list[str] = []
-    if fbc is not None:
-        headers.append(render_set_cookie(FBC_COOKIE, fbc, domain=domain, secure=secure))
-    if fbp is not None:
-        headers.append(render_set_cookie(FBP_COOKIE, fbp, domain=domain, secure=secure))
-    return CookiePlan(fbc=fbc, fbp=fbp, set_cookie=tuple(headers))
+        fbp = mint_fbp(subdomain_index=kept.subdomain_index, now_ms=now_ms)
+        fbp_header = f"{FBP_COOKIE}={fbp}{kept.attributes}"
+    headers = tuple(h for h in (fbc_header, fbp_header) if h is not None)
+    return CookiePlan(fbc=fbc, fbp=fbp, set_cookie=headers)

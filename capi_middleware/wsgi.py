@@ -55,8 +55,10 @@ class CAPIWSGIMiddleware:
             from the ``META_*`` environment variables (`CAPIConfig.from_env`).
 
     The background sender (a daemon thread, one per process, fork-safe) is created on the first
-    ``track()``; WSGI has no shutdown hook, so it is flushed by `close` and at interpreter exit
-    (gunicorn's workers exit through it on SIGTERM).
+    ``track()``, or with ``outbox`` on the first request (in the worker process, after any
+    fork), so that events an earlier process left in the outbox are delivered without waiting
+    for a ``track()``. WSGI has no shutdown hook, so it is flushed by `close` and at interpreter
+    exit (gunicorn's workers exit through it on SIGTERM).
     """
 
     def __init__(self, app: WSGIApp, *, config: CAPIConfig | None = None, **options: Any) -> None:
@@ -70,6 +72,8 @@ class CAPIWSGIMiddleware:
         self.app = app
         self.config = config
         self._pipeline = CapturePipeline(config)
+        # With a durable outbox the sender starts before any track() (see the class docstring).
+        self._sender_due = bool(config.outbox) and not config.dry_run
         if config.test_event_code:
             logger.warning(
                 "capi_middleware: test_event_code is set; events go to Test Events only "
@@ -81,6 +85,8 @@ class CAPIWSGIMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         pipeline = self._pipeline
+        if self._sender_due:
+            self._start_sender()
         ctx = self._capture(environ)
         added: list[str] | None = None
 
@@ -106,6 +112,14 @@ class CAPIWSGIMiddleware:
             return self.app(environ, start_response_with_cookies)
         finally:
             deactivate(token)
+
+    def _start_sender(self) -> None:
+        """Obtain the sender (opening the outbox) once; never raises into the request."""
+        self._sender_due = False
+        try:
+            self._pipeline.sender()
+        except Exception as exc:  # an unusable outbox: track() will try again and report it
+            log_internal_error("starting the sender", exc)
 
     def _capture(self, environ: dict[str, Any]) -> RequestContext:
         pipeline = self._pipeline

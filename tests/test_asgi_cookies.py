@@ -3,7 +3,8 @@
 Meta's cookie rules are META_CAPI_REFERENCE §4: mint _fbc from fbclid, keep a valid one with the
 same click id, mint _fbp only when missing, re-send both, Path=/, Max-Age=90 days, SameSite=Lax,
 Secure on https, never HttpOnly, Domain = registrable domain (none for localhost / IPs), only with
-consent, and never replace the app's own Set-Cookie headers.
+consent, and never replace the app's own Set-Cookie headers. Kept cookies are re-sent on document
+navigations only (one refresh per page view extends Safari's cap); minting happens on any request.
 """
 
 from __future__ import annotations
@@ -151,6 +152,15 @@ def set_cookies(response: httpx.Response) -> dict[str, str]:
     return out
 
 
+# What a browser sends when it loads a page, and when a page's script calls fetch().
+NAVIGATION = {
+    "sec-fetch-dest": "document",
+    "sec-fetch-mode": "navigate",
+    "accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+}
+FETCH = {"sec-fetch-dest": "empty", "sec-fetch-mode": "cors", "accept": "application/json"}
+
+
 def cookie_value(header: str) -> str:
     return header.split(";", 1)[0].split("=", 1)[1]
 
@@ -219,7 +229,10 @@ async def test_query_fbclid_wins_over_referer(make_app: Any) -> None:
 async def test_same_fbclid_keeps_cookie_and_creation_time(make_app: Any) -> None:
     existing = f"fb.1.{NOW_MS - 86_400_000}.SameClick"
     response = await get(
-        make_app(), "https://example.com/?fbclid=SameClick", cookies=f"_fbc={existing}"
+        make_app(),
+        "https://example.com/?fbclid=SameClick",
+        cookies=f"_fbc={existing}",
+        headers=NAVIGATION,
     )
     # Re-sent unchanged, which extends its life past Safari's 7-day cap.
     assert cookie_value(set_cookies(response)["_fbc"]) == existing
@@ -239,10 +252,80 @@ async def test_new_fbclid_replaces_fbc(make_app: Any) -> None:
 async def test_valid_cookies_are_never_replaced_but_resent(make_app: Any) -> None:
     fbp = f"fb.1.{NOW_MS - 5_000}.1234567"
     fbc = f"fb.1.{NOW_MS - 5_000}.Click.AbCdEfGh"  # Parameter Builder's 5th segment kept
-    response = await get(make_app(), cookies=f"_fbp={fbp}; _fbc={fbc}")
+    response = await get(make_app(), cookies=f"_fbp={fbp}; _fbc={fbc}", headers=NAVIGATION)
     cookies = set_cookies(response)
     assert cookie_value(cookies["_fbp"]) == fbp
     assert cookie_value(cookies["_fbc"]) == fbc
+    assert attributes(cookies["_fbp"]) == [
+        "Path=/",
+        "Domain=example.com",
+        "Max-Age=7776000",
+        "SameSite=Lax",
+        "Secure",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "resent"),
+    [
+        (NAVIGATION, True),
+        ({"sec-fetch-dest": "document"}, True),
+        ({"sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe"}, True),
+        ({"Sec-Fetch-Dest": " Document "}, True),
+        # No Fetch Metadata (older browsers): an Accept that asks for HTML is a page load.
+        ({"accept": "text/html,*/*;q=0.8"}, True),
+        ({"accept": "TEXT/HTML"}, True),
+        # Sub-resources, fetch() and XHR: the page load already refreshed the cookies.
+        (FETCH, False),
+        ({"sec-fetch-dest": "image", "sec-fetch-mode": "no-cors", "accept": "text/html"}, False),
+        ({"sec-fetch-dest": "script", "accept": "text/html"}, False),
+        ({"sec-fetch-mode": "cors", "accept": "text/html"}, False),
+        ({"accept": "application/json"}, False),
+        ({"accept": "*/*"}, False),
+        ({}, False),
+    ],
+)
+async def test_kept_cookies_are_resent_on_navigations_only(
+    make_app: Any, headers: dict[str, str], resent: bool
+) -> None:
+    fbp = f"fb.1.{NOW_MS - 5_000}.1234567"
+    fbc = f"fb.1.{NOW_MS - 5_000}.Click"
+    response = await get(make_app(), cookies=f"_fbp={fbp}; _fbc={fbc}", headers=headers)
+    cookies = set_cookies(response)
+    assert set(cookies) == ({"_fbc", "_fbp"} if resent else set())
+    # Either way the request's events carry the visitor's cookies.
+    body = response.json()
+    assert (body["fbp"], body["fbc"]) == (fbp, fbc)
+
+
+async def test_minting_happens_on_any_request(make_app: Any) -> None:
+    # An API call is the first request a new visitor makes: _fbp is minted there.
+    response = await get(make_app(), headers=FETCH)
+    assert set(set_cookies(response)) == {"_fbp"}
+    # A new click id on a fetch: the new _fbc goes out, the kept _fbp waits for a page load.
+    fbp = f"fb.1.{NOW_MS - 5_000}.1234567"
+    response = await get(
+        make_app(),
+        "https://example.com/?fbclid=NewClick",
+        cookies=f"_fbp={fbp}; _fbc=fb.1.{NOW_MS - 5_000}.OldClick",
+        headers=FETCH,
+    )
+    cookies = set_cookies(response)
+    assert set(cookies) == {"_fbc"}
+    assert cookie_value(cookies["_fbc"]).endswith(".NewClick")
+    assert response.json()["fbp"] == fbp
+
+
+async def test_repeated_visits_resend_the_same_headers(make_app: Any) -> None:
+    # The second request reuses the memoized validation: same answer as the first.
+    app = make_app()
+    fbp = f"fb.1.{NOW_MS - 5_000}.99"
+    first = await get(app, cookies=f"_fbp={fbp}", headers=NAVIGATION)
+    second = await get(app, cookies=f"_fbp={fbp}", headers=NAVIGATION)
+    assert set_cookies(first) == set_cookies(second)
+    assert cookie_value(set_cookies(second)["_fbp"]) == fbp
+    other_scheme = await get(app, "http://example.com/", cookies=f"_fbp={fbp}", headers=NAVIGATION)
+    assert "Secure" not in attributes(set_cookies(other_scheme)["_fbp"])
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """CAPIMiddleware around the app: construction, the app's exceptions, current(), websockets,
-lifespan shutdown flushing, and the sender obtained lazily."""
+lifespan shutdown flushing, the sender obtained lazily, and with an outbox at startup."""
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -290,7 +291,7 @@ async def test_lifespan_shutdown_flushes_before_the_app_completes(fake: FakeGrap
     assert events_at_app_shutdown == [1]
 
 
-async def test_lifespan_without_any_event_is_harmless() -> None:
+def noop_lifespan_app() -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan"
         while True:
@@ -299,10 +300,14 @@ async def test_lifespan_without_any_event_is_harmless() -> None:
             if message["type"] == "lifespan.shutdown":
                 return
 
+    return app
+
+
+async def test_lifespan_without_any_event_is_harmless() -> None:
     async def nothing() -> None:
         pass
 
-    mw = CAPIMiddleware(app, dry_run=True)
+    mw = CAPIMiddleware(noop_lifespan_app(), dry_run=True)
     sent = await run_lifespan(mw, nothing)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
@@ -345,3 +350,99 @@ async def test_no_pixel_configured_drops_and_says_so() -> None:
     assert body["status"] == "dropped"
     assert any("no_destination" in p for p in body["problems"])
     mw.close(1)
+
+
+# -- the outbox: events left by an earlier process -------------------------------------------------
+
+
+def outbox_rows(path: Any) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+async def leave_events_in_outbox(fake: FakeGraphAPI, outbox: Any, n: int) -> list[str]:
+    """A first middleware tracks ``n`` purchases while Meta is down, then stops."""
+
+    async def buy(request: Request) -> Response:
+        result = request.state.capi.track("Purchase", value=5, currency="EUR", durable=True)
+        return JSONResponse({"status": result.status, "event_id": result.event_id})
+
+    first = CAPIMiddleware(
+        Starlette(routes=[Route("/", buy)]), **fake_options(fake, outbox=str(outbox))
+    )
+    fake.down = True
+    event_ids = []
+    for _ in range(n):
+        body = (await get(first)).json()
+        assert body["status"] == "queued"
+        event_ids.append(body["event_id"])
+    first.close(0.2)  # Meta still down: the events stay in the outbox
+    assert outbox_rows(outbox) == n
+    assert fake.events == []
+    fake.down = False
+    return event_ids
+
+
+async def test_lifespan_startup_alone_delivers_what_an_earlier_run_left(
+    fake: FakeGraphAPI, tmp_path: Any
+) -> None:
+    outbox = tmp_path / "outbox.db"
+    event_ids = await leave_events_in_outbox(fake, outbox, 3)
+
+    second = CAPIMiddleware(noop_lifespan_app(), **fake_options(fake, outbox=str(outbox)))
+    assert second.stats().delivery is None  # constructing it opens nothing
+
+    async def no_traffic() -> None:
+        # No request, no track(): only lifespan startup ran.
+        assert second.stats().delivery is not None
+        assert await anyio.to_thread.run_sync(fake.wait_for_events, 3)
+
+    sent = await run_lifespan(second, no_traffic)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert sorted(fake.event_ids) == sorted(event_ids)
+    assert outbox_rows(outbox) == 0
+    assert second.stats().delivery.delivered == 3
+
+
+async def test_without_lifespan_the_first_request_starts_the_sender(
+    fake: FakeGraphAPI, tmp_path: Any
+) -> None:
+    outbox = tmp_path / "outbox.db"
+    event_ids = await leave_events_in_outbox(fake, outbox, 2)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})  # tracks nothing
+
+    second = CAPIMiddleware(
+        Starlette(routes=[Route("/", health)]), **fake_options(fake, outbox=str(outbox))
+    )
+    assert (await get(second)).json() == {"ok": True}
+    assert await anyio.to_thread.run_sync(fake.wait_for_events, 2)
+    assert sorted(fake.event_ids) == sorted(event_ids)
+    assert second.close(5) is True
+
+
+async def test_an_unusable_outbox_at_startup_never_fails_the_startup(
+    fake: FakeGraphAPI, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    mw = CAPIMiddleware(
+        noop_lifespan_app(), **fake_options(fake, outbox=str(not_a_dir / "outbox.db"))
+    )
+
+    async def nothing() -> None:
+        assert mw.stats().delivery is not None
+
+    sent = await run_lifespan(mw, nothing)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert "open failed" in caplog.text  # the store says so, once, and keeps events in memory
+
+
+async def test_without_an_outbox_startup_creates_no_sender(fake: FakeGraphAPI) -> None:
+    mw = CAPIMiddleware(noop_lifespan_app(), **fake_options(fake))
+
+    async def check() -> None:
+        assert mw.stats().delivery is None  # created lazily, on the first track()
+
+    await run_lifespan(mw, check)

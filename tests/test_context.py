@@ -11,6 +11,7 @@ import pytest
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent import ConsentDecision
 from capi_middleware.context import (
+    _UNSET,
     MAX_URL_CHARS,
     MAX_USER_AGENT_CHARS,
     CapturePipeline,
@@ -19,6 +20,7 @@ from capi_middleware.context import (
     activate,
     current,
     deactivate,
+    is_navigation,
     is_shared_cacheable,
 )
 from capi_middleware.errors import CAPIValidationError, Problem
@@ -453,19 +455,99 @@ def test_enhancement_off_by_default() -> None:
     assert not [c for c in ctx.take_set_cookies() if c.startswith("_capi_ud=")]
 
 
-def test_plan_memo_reuses_only_plans_that_mint_nothing() -> None:
+def test_kept_cookie_memo_never_holds_minted_values() -> None:
     pipe = pipeline()
     now_ms = 1_700_000_000_000
     cookie = f"_fbp=fb.1.{now_ms}.42; _fbc=fb.1.{now_ms}.Click"
-    first = capture(pipe, host="www.example.com", cookie=cookie)
-    second = capture(pipe, host="www.example.com", cookie=cookie)
+    page = {"sec_fetch_dest": "document"}
+    first = capture(pipe, host="www.example.com", cookie=cookie, **page)
+    second = capture(pipe, host="www.example.com", cookie=cookie, **page)
     assert first.take_set_cookies() == second.take_set_cookies()
     assert (second.fbp, second.fbc) == (f"fb.1.{now_ms}.42", f"fb.1.{now_ms}.Click")
-    assert len(pipe._plan_memo) == 1
-    # A new click id mints: never memoized, so each request gets its own creation time.
-    capture(pipe, host="www.example.com", cookie=cookie, query="fbclid=Other")
-    capture(pipe, host="www.example.com")  # mints _fbp
-    assert len(pipe._plan_memo) == 1
+    assert len(pipe._kept_memo) == 1
+    # A new click id mints: each request gets its own creation time and value.
+    minted = [
+        capture(pipe, host="www.example.com", cookie=cookie, query="fbclid=Other").fbc
+        for _ in range(2)
+    ]
+    assert all(fbc is not None and fbc.endswith(".Other") for fbc in minted)
+    fresh = [capture(pipe, host="www.example.com").fbp for _ in range(2)]
+    assert fresh[0] != fresh[1]
+    # What the memo keeps is the visitor's validated values, never a minted one.
+    for kept in pipe._kept_memo.values():
+        assert kept.fbc in (None, f"fb.1.{now_ms}.Click")
+        assert kept.fbp in (None, f"fb.1.{now_ms}.42")
+
+
+def test_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("capi_middleware.context._MEMO_SIZE", 8)
+    pipe = pipeline(consent=None)
+    for i in range(50):
+        ctx = capture(
+            pipe,
+            host="www.example.com",
+            cookie=f"cookie_consent=accept; _fbp=fb.1.1700000000000.{i}",
+            sec_gpc=str(i),
+        )
+        assert ctx.consent.granted
+        assert ctx.fbp == f"fb.1.1700000000000.{i}"
+    assert 0 < len(pipe._kept_memo) <= 8
+    assert 0 < len(pipe._consent_memo) <= 8
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"sec-fetch-dest": "document"}, True),
+        ({"sec-fetch-mode": "navigate"}, True),
+        ({"sec-fetch-dest": "empty", "sec-fetch-mode": "navigate"}, True),
+        ({"sec-fetch-dest": "empty", "sec-fetch-mode": "cors"}, False),
+        ({"sec-fetch-site": "same-origin", "accept": "text/html"}, True),
+        ({"accept": "text/html"}, True),
+        ({"accept": "application/xhtml+xml,text/html;q=0.9"}, True),
+        ({"accept": "application/json"}, False),
+        ({}, False),
+    ],
+)
+def test_is_navigation(headers: dict[str, str], expected: bool) -> None:
+    ctx = capture(
+        pipeline(), host="example.com", **{k.replace("-", "_"): v for k, v in headers.items()}
+    )
+    assert is_navigation(ctx) is expected
+
+
+def test_attributes_are_worked_out_on_first_read_and_never_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipe = pipeline()
+    ctx = capture(
+        pipe,
+        host="shop.example.com",
+        user_agent="UA/1\x00",
+        referer="https://ads.example.org/x",
+        path="/p",
+        query="a=1",
+    )
+    assert ctx._client_ip is _UNSET  # nothing worked out yet
+    assert ctx._user_agent is _UNSET
+    assert ctx.client_ip == "8.8.8.8"
+    assert ctx.user_agent == "UA/1"
+    assert ctx.event_source_url == "https://shop.example.com/p?a=1"
+    assert ctx.referrer_url == "https://ads.example.org/x"
+    # A context whose raw header map holds a non-bytes value (a broken server): the attribute
+    # reads None, the failure is counted and logged, and nothing raises into the app.
+    broken = pipe.capture_raw(
+        peer="8.8.8.8",
+        scheme="https",
+        server=None,
+        raw_path="/",
+        query_string="",
+        header_map={b"host": b"example.com", b"user-agent": 42},  # type: ignore[dict-item]
+    )
+    with caplog.at_level(logging.ERROR, logger="capi_middleware"):
+        assert broken.user_agent is None
+    assert pipe.stats().capture_errors == 1
+    assert "user agent" in caplog.text
 
 
 def test_header_reads_uncaptured_headers_on_demand() -> None:

@@ -432,3 +432,43 @@ def test_prometheus_reads_the_middlewares_counters(fake: FakeGraphAPI) -> None:
     assert "capi_events_enqueued_total 1.0" in text
     assert "capi_events_delivered_total 1.0" in text
     assert "capi_backlog 0.0" in text
+
+
+def test_kept_cookies_are_resent_on_page_loads_only() -> None:
+    fbp = "fb.1.1700000000000.42"
+    app = CAPIWSGIMiddleware(json_app, dry_run=True, consent=True)
+    with client(app) as http:
+        page = http.get("/", headers={"cookie": f"_fbp={fbp}", "sec-fetch-dest": "document"})
+        api = http.get("/", headers={"cookie": f"_fbp={fbp}", "sec-fetch-dest": "empty"})
+    assert [v for v in set_cookies(page) if v.startswith("_fbp=")] == [
+        f"_fbp={fbp}; Path=/; Domain=example.com; Max-Age=7776000; SameSite=Lax; Secure"
+    ]
+    assert set_cookies(api) == ["session=abc; Path=/"]
+    assert api.json()["fbp"] == fbp
+
+
+def test_an_outbox_left_by_an_earlier_process_is_sent_from_the_first_request(
+    tmp_path: Any,
+) -> None:
+    outbox = str(tmp_path / "outbox.db")
+    with FakeGraphAPI() as fake:
+        options = {
+            "pixel_id": FAKE_PIXEL_ID,
+            "access_token": FAKE_ACCESS_TOKEN,
+            "graph_url": fake.url,
+            "consent": True,
+            "outbox": outbox,
+        }
+        fake.down = True
+        first = CAPIWSGIMiddleware(json_app, **options)
+        with client(first) as http:
+            event_id = http.get("/buy").json()["event_id"]
+        first.close(0.2)
+        assert fake.events == []
+        fake.down = False
+        second = CAPIWSGIMiddleware(json_app, **options)
+        with client(second) as http:
+            http.get("/")  # tracks nothing
+        assert fake.wait_for_events(1)
+        assert fake.event_ids == [event_id]
+        assert second.close(5) is True
