@@ -146,7 +146,8 @@ def _read_json(path: str) -> Any:
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
-    from capi_middleware.events import build_event, validate_event
+    from capi_middleware.events import build_event
+    from capi_middleware.validation import validate_event
 
     problems_found = 0
     try:
@@ -206,7 +207,8 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 def _send_test_event(args: argparse.Namespace, out: TextIO) -> int:
     import httpx
 
-    from capi_middleware.events import build_event, build_request_body, encode_json
+    from capi_middleware.events import build_event
+    from capi_middleware.request_body import build_request_body, encode_json
 
     config = _config_from_args(args, test_event_code=args.test_event_code)
     if not config.destinations():

@@ -12,8 +12,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from capi_middleware.custom_data import map_custom_data
 from capi_middleware.errors import CAPIValidationError
-from capi_middleware.events import STANDARD_EVENTS, map_custom_data, map_event_name
+from capi_middleware.events import STANDARD_EVENTS, map_event_name
 
 __all__ = ["render_fbq_track", "script_safe_json"]
 
