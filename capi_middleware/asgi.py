@@ -203,27 +203,23 @@ def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, b
 
 
 def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:
-    """Read what capture needs from an ASGI http scope; headers are decoded on demand."""
+    """Read what capture needs from an ASGI http scope; the rest is decoded on first use."""
     client = scope.get("client")
     raw_path = scope.get("raw_path")
-    if isinstance(raw_path, bytes):
-        path = raw_path.decode("latin-1")
-        if "?" in path:  # some servers include the query in raw_path
-            path = path.split("?", 1)[0]
-    else:
+    if not isinstance(raw_path, bytes):
         path = scope.get("path") or "/"
         root = scope.get("root_path") or ""
         if root and not path.startswith(root):  # servers differ on whether path has it
             path = root + path
-        path = path.encode("utf-8").decode("latin-1")  # percent-encoded later, like the browser
+        # Latin-1 text of the UTF-8 bytes, percent-encoded later like the browser does.
+        raw_path = path.encode("utf-8").decode("latin-1")
     query = scope.get("query_string") or b""
-    server = scope.get("server")
     return pipeline.capture_raw(
         peer=client[0] if client else None,
         scheme=scope.get("scheme") or "http",
-        server=(server[0], server[1]) if server else None,
-        raw_path=path,
-        query_string=query.decode("latin-1") if isinstance(query, bytes) else str(query),
+        server=scope.get("server"),
+        raw_path=raw_path,
+        query_string=query if isinstance(query, bytes) else str(query),
         header_map=asgi_header_map(scope.get("headers") or ()),
     )
 

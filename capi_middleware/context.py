@@ -12,8 +12,8 @@ dict to the background sender. Nothing here does network I/O or raises into the 
 from __future__ import annotations
 
 import contextvars
-import itertools
 import html
+import itertools
 import logging
 import re
 import threading
@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from capi_middleware import client_ip as client_ip_rules
 from capi_middleware import cookies as cookie_rules
@@ -81,8 +81,9 @@ _UNSET: Any = object()  # a lazy RequestContext attribute not worked out yet
 # headers) are bounded in entries and in the size of what keys them, since clients choose it.
 _MEMO_SIZE = 4096
 _MEMO_MAX_CHARS = 4096
-_COOKIE_CACHE_SIZE = 1024
-_COOKIE_CACHE_MAX_CHARS = 2048
+_COOKIE_MEMO_SIZE = 1024
+_OUTCOME_MEMO_SIZE = 2048
+_COOKIE_MEMO_MAX_CHARS = 2048
 
 _FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
@@ -272,9 +273,9 @@ class RequestContext:
         self._set_cookie: list[str] = []
         self._peer: str | None = None
         self._scheme = "https" if secure else "http"
-        self._server: tuple[str, int | None] | None = None
-        self._raw_path = "/"
-        self._query_string = ""
+        self._server: Sequence[Any] | None = None
+        self._raw_path: str | bytes = "/"
+        self._query_string: str | bytes = ""
         self._referer: str | None = None
         self._host: Any = None
         # Given values are final; the pipeline's contexts start these as _UNSET (lazy).
@@ -331,8 +332,13 @@ class RequestContext:
         value = self._event_source_url
         if value is _UNSET:
             try:
+                raw_path = self._raw_path
+                if isinstance(raw_path, bytes):
+                    raw_path = raw_path.decode("latin-1")
+                    if "?" in raw_path:  # some servers include the query in raw_path
+                        raw_path = raw_path.split("?", 1)[0]
                 value = _page_url(
-                    self._scheme, self._page_host(), self._raw_path, self._query_string
+                    self._scheme, self._page_host(), raw_path, _text(self._query_string)
                 )
             except Exception as exc:
                 self._lazy_failed("page URL", exc)
@@ -358,7 +364,10 @@ class RequestContext:
         host = self._host
         if host is _UNSET:
             scheme = self._scheme
-            host = _page_host(self.header("host"), scheme)
+            raw_map = self._raw_map
+            host = _page_host(
+                raw_map.get(b"host") if raw_map is not None else self.header("host"), scheme
+            )
             if host is None and self._server is not None:
                 host = _host_from_server(self._server, scheme)
             self._host = host
@@ -376,7 +385,9 @@ class RequestContext:
         """The request's cookies, name -> value (first occurrence wins); read-only."""
         cookies = self._cookies
         if cookies is None:
-            cookies = self._cookies = _parsed_cookies(self._cookie_header)
+            header = self._cookie_header
+            parsed = cookie_rules.parse_cookie_header(header) if header else {}
+            cookies = self._cookies = MappingProxyType(parsed)
         return cookies
 
     def header(self, name: str) -> str | None:
@@ -474,6 +485,31 @@ class RequestContext:
 
 
 _UNDECIDED = ConsentDecision(granted=False, reason="undecided")
+
+
+class _Outcome(NamedTuple):
+    """A request's capture outcome, reused for requests with the same key (`_outcome_key`)."""
+
+    scheme: str  # normalized
+    consent: ConsentDecision
+    cookies: Mapping[str, str] | None  # parsed, read-only; None: parsed on first read
+    host: str | None  # the page host (granted only; else worked out on first read)
+    fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
+    fbp: str | None
+    resend: tuple[str, ...]  # Set-Cookie values that re-send kept cookies on a navigation
+    mint_fbp: str | None  # Set-Cookie attributes when an _fbp must be minted, else None
+    subdomain_index: int
+
+
+class _CookieFacts(NamedTuple):
+    """What capture reads from one Cookie header (`CapturePipeline._cookie_facts`)."""
+
+    cookies: Mapping[str, str] | None  # parsed, read-only; None: not parsed (nothing ours in it)
+    consent: tuple[str | None, ...]  # the consent policy's cookies, in `signals_read` order
+    fbc: str | None  # the raw _fbc and _fbp, not yet validated
+    fbp: str | None
+
+
 _CAPTURE_FAILED = ConsentDecision(granted=False, reason="capture_error")
 
 
@@ -498,10 +534,23 @@ class CapturePipeline:
         self._policy: Any = default_policy() if consent_option is None else consent_option
         self._consent_reads = reads = signals_read(self._policy)
         self._consent_memo: dict[
-            tuple[tuple[str | None, ...], tuple[str | None, ...]], ConsentDecision
+            tuple[tuple[str | None, ...], tuple[str | bytes | None, ...]], ConsentDecision
         ] = {}
+        try:
+            raw_names: tuple[bytes, ...] | None = tuple(
+                name.encode("latin-1") for name in (reads.headers if reads is not None else ())
+            )
+        except UnicodeEncodeError:  # a name no request can carry: read through header()
+            raw_names = None
+        self._consent_raw_headers = raw_names
+        self._outcome_memo_on = reads is not None and raw_names is not None and not self._has_trust
         names = reads.cookies if reads is not None else ()
-        self._no_consent_cookies: tuple[str | None, ...] = (None,) * len(names)
+        self._consent_cookies = names
+        self._no_cookies = _CookieFacts(None, (None,) * len(names), None, None)
+        self._cookie_memo: dict[str, _CookieFacts] = {}
+        # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
+        # they depend on is in the key: a built-in policy and no trusted proxies.
+        self._outcomes: dict[tuple[Any, ...], _Outcome] = {}
         # One C-speed scan for "is any of the policy's cookie names in the Cookie header?"
         self._consent_cookie_names = re.compile(
             "|".join(re.escape(name) for name in names) if names else "(?!)"
@@ -583,38 +632,115 @@ class CapturePipeline:
             raw_headers: the ASGI header list; ``ctx.header()`` reads other headers from it
                 on demand, so capture decodes only what it uses.
         """
-        ctx = _lazy_context(self)
-        ctx._headers = headers
-        ctx._raw_headers = raw_headers
-        return self._capture(ctx, peer, scheme, server, raw_path, query_string)
+        return self._capture(
+            None, headers, raw_headers, peer, scheme, server, raw_path, query_string
+        )
 
     def capture_raw(
         self,
         *,
         peer: str | None,
         scheme: str,
-        server: tuple[str, int | None] | None,
-        raw_path: str,
-        query_string: str,
+        server: Sequence[Any] | None,
+        raw_path: str | bytes,
+        query_string: str | bytes,
         header_map: Mapping[bytes, bytes],
     ) -> RequestContext:
         """`capture` for ASGI: headers as lowercase byte names -> raw byte values.
 
         ``header_map`` must hold each header once (repeats joined, see `asgi_header_map`);
-        values are decoded only when read, and capped then.
+        values are decoded only when read, and capped then. ``raw_path`` and ``query_string``
+        may be the scope's bytes (a raw path may still carry the query), decoded when needed.
         """
+        key = None
+        if self._outcome_memo_on and isinstance(query_string, bytes):
+            key = self._outcome_key(header_map, scheme, query_string)
+            if key is not None:
+                outcome = self._outcomes.get(key)
+                if outcome is not None:
+                    return self._replay(outcome, header_map, peer, server, raw_path, query_string)
+        return self._capture(
+            header_map, _EMPTY, None, peer, scheme, server, raw_path, query_string, key
+        )
+
+    def _outcome_key(
+        self, header_map: Mapping[bytes, bytes], scheme: str, query_string: bytes
+    ) -> tuple[Any, ...] | None:
+        """What a request's capture outcome depends on, or None when it cannot be reused.
+
+        Without an fbclid (query or Referer) and without trusted proxies, the consent decision,
+        the visitor's kept cookies and what to mint depend only on the raw Cookie and Host
+        headers, the scheme and the headers the consent policy declares.
+        """
+        if b"fbclid" in query_string:
+            return None
+        referer = header_map.get(b"referer")
+        if referer is not None and b"fbclid" in referer:
+            return None
+        cookie = header_map.get(b"cookie")
+        if cookie is not None and len(cookie) > _COOKIE_MEMO_MAX_CHARS:
+            return None
+        host = header_map.get(b"host")
+        if host is None or len(host) > 261:
+            return None
+        return (cookie, host, scheme, *map(header_map.get, self._consent_raw_headers or ()))
+
+    def _replay(
+        self,
+        outcome: _Outcome,
+        header_map: Mapping[bytes, bytes],
+        peer: str | None,
+        server: Sequence[Any] | None,
+        raw_path: str | bytes,
+        query_string: str | bytes,
+    ) -> RequestContext:
+        """A request whose capture outcome is known: one lookup instead of the whole rule set."""
+        next(self._request_counter)
         ctx = _lazy_context(self)
         ctx._raw_map = header_map
-        return self._capture(ctx, peer, scheme, server, raw_path, query_string)
+        ctx._peer = peer
+        ctx._scheme = outcome.scheme
+        ctx._server = server
+        ctx._raw_path = raw_path
+        ctx._query_string = query_string
+        ctx.secure = outcome.scheme == "https"
+        raw = header_map.get(b"cookie")
+        ctx._cookie_header = raw[:MAX_COOKIE_HEADER_CHARS].decode("latin-1") if raw else None
+        raw = header_map.get(b"referer")
+        ctx._referer = raw[:MAX_HEADER_CHARS].decode("latin-1") if raw is not None else None
+        if outcome.cookies is not None:
+            ctx._cookies = outcome.cookies
+        if outcome.host is not None:
+            ctx._host = outcome.host
+        ctx.consent = outcome.consent
+        ctx.fbc = outcome.fbc
+        ctx.fbp = outcome.fbp
+        if outcome.resend and _is_navigation(ctx):
+            ctx._set_cookie.extend(outcome.resend)
+        if outcome.mint_fbp is not None:
+            try:
+                fbp = cookie_rules.mint_fbp(
+                    subdomain_index=outcome.subdomain_index, now_ms=int(time.time() * 1000)
+                )
+            except Exception as exc:
+                self.count("capture_errors")
+                log_internal_error("cookie planning", exc)
+            else:
+                ctx.fbp = fbp
+                ctx._set_cookie.append(f"{cookie_rules.FBP_COOKIE}={fbp}{outcome.mint_fbp}")
+        return ctx
 
     def _capture(
         self,
-        ctx: RequestContext,
+        raw_map: Mapping[bytes, bytes] | None,
+        headers: Mapping[str, str],
+        raw_headers: Sequence[tuple[bytes, bytes]] | None,
         peer: str | None,
         scheme: str,
-        server: tuple[str, int | None] | None,
-        raw_path: str,
-        query_string: str,
+        server: Sequence[Any] | None,
+        raw_path: str | bytes,
+        query_string: str | bytes,
+        outcome_key: tuple[Any, ...] | None = None,
     ) -> RequestContext:
         """Do on every request only what the consent decision and the cookies need.
 
@@ -623,6 +749,10 @@ class CapturePipeline:
         go out with the response head.
         """
         next(self._request_counter)
+        ctx = _lazy_context(self)
+        ctx._raw_map = raw_map
+        ctx._headers = headers
+        ctx._raw_headers = raw_headers
 
         # Client IP, and scheme/host from a trusted proxy (uvicorn's proxy_headers model:
         # forwarded headers are believed only from a trusted peer).
@@ -652,7 +782,6 @@ class CapturePipeline:
         ctx._query_string = query_string
         secure = ctx.secure = scheme == "https"
 
-        raw_map = ctx._raw_map
         if raw_map is not None:  # ASGI: the two headers every request needs, decoded here
             raw = raw_map.get(b"cookie")
             cookie_header = raw[:MAX_COOKIE_HEADER_CHARS].decode("latin-1") if raw else None
@@ -665,35 +794,120 @@ class CapturePipeline:
         ctx._referer = referer
         fbclid = None
         # fbclid is rare; skip the parse unless its name appears at all.
-        if "fbclid" in query_string or (referer is not None and "fbclid" in referer):
-            fbclid = ctx.fbclid = cookie_rules.extract_fbclid(query_string, referer)
+        if isinstance(query_string, bytes):
+            in_query = b"fbclid" in query_string
+        else:
+            in_query = "fbclid" in query_string
+        if in_query or (referer is not None and "fbclid" in referer):
+            fbclid = ctx.fbclid = cookie_rules.extract_fbclid(_text(query_string), referer)
+        if cookie_header:
+            facts = self._cookie_facts(cookie_header)
+            if facts.cookies is not None:
+                ctx._cookies = facts.cookies
+        else:
+            facts = self._no_cookies
 
         # Consent comes before any cookie is set or any event queued.
-        decision = ctx.consent = self._decide(ctx, cookie_header)
+        decision = ctx.consent = self._decide(ctx, facts.consent)
         if decision.granted:
             host = ctx._page_host()
             if host is not None:
                 try:
-                    self._plan(ctx, host, secure, cookie_header, fbclid)
+                    kept = self._plan(ctx, host, secure, facts.fbc, facts.fbp, fbclid)
                 except Exception as exc:
                     # Keep the request and the context; only the cookies are lost.
                     self.count("capture_errors")
                     log_internal_error("cookie planning", exc)
+                    outcome_key = None
                 else:
+                    if outcome_key is not None and raw_map is not None:
+                        self._store_granted(
+                            outcome_key, raw_map, scheme, host, decision, facts, kept
+                        )
                     return ctx
-        if cookie_header and "_fb" in cookie_header:
-            # Without consent the visitor's own valid cookies are still read (never set); a
-            # malformed value is ignored, never echoed back (reference §4).
-            cookies = ctx.cookies
-            fbp = cookies.get(cookie_rules.FBP_COOKIE)
-            if fbp is not None and cookie_rules.is_valid_fbp(fbp):
-                ctx.fbp = fbp
-            fbc = cookies.get(cookie_rules.FBC_COOKIE)
-            if fbc is not None and cookie_rules.is_valid_fbc(fbc):
-                ctx.fbc = fbc
+        # Without consent the visitor's own valid cookies are still read (never set); a
+        # malformed value is ignored, never echoed back (reference §4).
+        if facts.fbp is not None and cookie_rules.is_valid_fbp(facts.fbp):
+            ctx.fbp = facts.fbp
+        if facts.fbc is not None and cookie_rules.is_valid_fbc(facts.fbc):
+            ctx.fbc = facts.fbc
+        if outcome_key is not None and not decision.granted:
+            # Nothing here depends on the host: it stays worked out on first read.
+            self._store_outcome(
+                outcome_key,
+                _Outcome(
+                    scheme=scheme,
+                    consent=decision,
+                    cookies=facts.cookies,
+                    host=None,
+                    fbc=ctx.fbc,
+                    fbp=ctx.fbp,
+                    resend=(),
+                    mint_fbp=None,
+                    subdomain_index=0,
+                ),
+            )
         return ctx
 
-    def _decide(self, ctx: RequestContext, cookie_header: str | None) -> ConsentDecision:
+    def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
+        _memoize(self._outcomes, key, outcome, _OUTCOME_MEMO_SIZE)
+
+    def _store_granted(
+        self,
+        key: tuple[Any, ...],
+        raw_map: Mapping[bytes, bytes],
+        scheme: str,
+        host: str,
+        decision: ConsentDecision,
+        facts: _CookieFacts,
+        kept: cookie_rules.KeptCookies,
+    ) -> None:
+        """Keep a granted request's outcome: what it kept, re-sends and must mint."""
+        if _page_host(raw_map.get(b"host"), scheme) != host:
+            return  # the host came from the server address, which is not in the key
+        resend = (kept.fbc_header, kept.fbp_header)
+        mint = kept.fbp is None and self._set_fbp
+        self._store_outcome(
+            key,
+            _Outcome(
+                scheme=scheme,
+                consent=decision,
+                cookies=facts.cookies,
+                host=host,
+                fbc=kept.fbc,
+                fbp=kept.fbp,
+                resend=tuple(h for h in resend if h is not None),
+                mint_fbp=kept.attributes if mint else None,
+                subdomain_index=kept.subdomain_index,
+            ),
+        )
+
+    def _cookie_facts(self, header: str) -> _CookieFacts:
+        """What capture needs from a Cookie header, memoized by its text (bounded).
+
+        A browser sends the same Cookie header on every request of a visit. A header that
+        holds neither a consent cookie nor ``_fbc``/``_fbp`` is not even parsed (the
+        substring tests are exact: a parsed name is a substring of the header).
+        """
+        facts = self._cookie_memo.get(header)
+        if facts is None:
+            if self._consent_cookie_names.search(header) or "_fb" in header:
+                cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
+                facts = _CookieFacts(
+                    cookies,
+                    tuple(map(cookies.get, self._consent_cookies)),
+                    cookies.get(cookie_rules.FBC_COOKIE),
+                    cookies.get(cookie_rules.FBP_COOKIE),
+                )
+            else:
+                facts = self._no_cookies
+            if len(header) <= _COOKIE_MEMO_MAX_CHARS:
+                _memoize(self._cookie_memo, header, facts, _COOKIE_MEMO_SIZE)
+        return facts
+
+    def _decide(
+        self, ctx: RequestContext, cookie_values: tuple[str | None, ...]
+    ) -> ConsentDecision:
         """consent.evaluate, reused for requests that carry the same consent signals.
 
         A built-in policy's answer depends only on the cookies and headers it declares
@@ -704,12 +918,14 @@ class CapturePipeline:
         reads = self._consent_reads
         if reads is None:
             return evaluate(self._policy, ctx)
-        if cookie_header and self._consent_cookie_names.search(cookie_header):
-            # Parse only when one of the policy's cookie names appears at all.
-            cookie_values = tuple(map(ctx.cookies.get, reads.cookies))
+        raw_map = ctx._raw_map
+        raw_names = self._consent_raw_headers
+        if raw_map is not None and raw_names is not None:
+            # Raw bytes key the memo as well as their text would.
+            header_values: tuple[str | bytes | None, ...] = tuple(map(raw_map.get, raw_names))
         else:
-            cookie_values = self._no_consent_cookies
-        key = (cookie_values, tuple(map(ctx.header, reads.headers)))
+            header_values = tuple(map(ctx.header, reads.headers))
+        key = (cookie_values, header_values)
         decision = self._consent_memo.get(key)
         if decision is None:
             decision = evaluate(self._policy, ctx)
@@ -723,9 +939,10 @@ class CapturePipeline:
         ctx: RequestContext,
         host: str,
         secure: bool,
-        cookie_header: str | None,
+        raw_fbc: str | None,
+        raw_fbp: str | None,
         fbclid: str | None,
-    ) -> None:
+    ) -> cookie_rules.KeptCookies:
         """Set ctx.fbc / ctx.fbp and the Set-Cookie values for this response (with consent).
 
         Meta §4: a new fbclid mints ``_fbc``, a missing ``_fbp`` is minted, on any request. The
@@ -738,12 +955,6 @@ class CapturePipeline:
         raw values), and a browser sends the same values on every request of a visit, so that
         half is memoized (`cookies.keep_cookies`). Minting depends on the clock: never kept.
         """
-        if cookie_header and "_fb" in cookie_header:
-            cookies = ctx.cookies
-            raw_fbc = cookies.get(cookie_rules.FBC_COOKIE)
-            raw_fbp = cookies.get(cookie_rules.FBP_COOKIE)
-        else:
-            raw_fbc = raw_fbp = None
         key = (host, secure, raw_fbc, raw_fbp)
         kept = self._kept_memo.get(key)
         if kept is None:
@@ -783,6 +994,7 @@ class CapturePipeline:
                 set_cookie.append(kept.fbp_header)
         ctx.fbc = fbc
         ctx.fbp = fbp
+        return kept
 
     # -- track ------------------------------------------------------------------------------
 
@@ -1056,34 +1268,13 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
-def _memoize(memo: dict[_K, _V], key: _K, value: _V) -> None:
+def _memoize(memo: dict[_K, _V], key: _K, value: _V, size: int | None = None) -> None:
     """Store in a bounded memo; when full, forget the older half (dicts keep insertion order)."""
-    if len(memo) >= _MEMO_SIZE:
-        for old in list(memo)[: _MEMO_SIZE // 2]:
+    size = _MEMO_SIZE if size is None else size
+    if len(memo) >= size:
+        for old in list(memo)[: size // 2]:
             memo.pop(old, None)
     memo[key] = value
-
-
-_cookie_cache: dict[str, Mapping[str, str]] = {}
-
-
-def _parsed_cookies(header: str | None) -> Mapping[str, str]:
-    """cookies.parse_cookie_header, read-only and cached by the header's text.
-
-    A browser sends the same Cookie header on every request of a visit; short headers are
-    cached (bounded), long ones parsed each time.
-    """
-    if not header:
-        return _EMPTY
-    cookies = _cookie_cache.get(header)
-    if cookies is None:
-        cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
-        if len(header) <= _COOKIE_CACHE_MAX_CHARS:
-            if len(_cookie_cache) >= _COOKIE_CACHE_SIZE:
-                for old in list(_cookie_cache)[: _COOKIE_CACHE_SIZE // 2]:
-                    _cookie_cache.pop(old, None)
-            _cookie_cache[header] = cookies
-    return cookies
 
 
 _ip_cache: dict[str, str | None] = {}
@@ -1102,13 +1293,14 @@ def _sendable_ip(peer: str) -> str | None:
     return value
 
 
-_host_cache: dict[tuple[str, str], str | None] = {}
+_host_cache: dict[tuple[str | bytes, str], str | None] = {}
 
 
-def _page_host(value: str | None, scheme: str) -> str | None:
+def _page_host(value: str | bytes | None, scheme: str) -> str | None:
     """The Host header as it goes in the page URL (validated, lowercased, default port dropped).
 
-    Memoized: a site answers to a handful of hosts. Bounded, since clients choose the value.
+    ``value`` may be the raw ASGI bytes. Memoized: a site answers to a handful of hosts.
+    Bounded, since clients choose the value.
     """
     if not value:
         return None
@@ -1117,7 +1309,7 @@ def _page_host(value: str | None, scheme: str) -> str | None:
         return _host_cache[key]
     except KeyError:
         pass
-    host = _valid_host(value)
+    host = _valid_host(value if isinstance(value, str) else value.decode("latin-1"))
     if host is not None and scheme in _DEFAULT_PORT:
         host = _strip_default_port(host, scheme)
     if len(_host_cache) >= 1024:
@@ -1154,7 +1346,7 @@ def _strip_default_port(host: str, scheme: str) -> str:
     return host
 
 
-def _host_from_server(server: tuple[str, int | None], scheme: str) -> str | None:
+def _host_from_server(server: Sequence[Any], scheme: str) -> str | None:
     host, port = server[0], server[1] if len(server) > 1 else None
     if not isinstance(host, str) or not host:
         return None
@@ -1163,6 +1355,11 @@ def _host_from_server(server: tuple[str, int | None], scheme: str) -> str | None
     if port is not None and str(port) != _DEFAULT_PORT[scheme]:
         host = f"{host}:{port}"
     return _valid_host(host)
+
+
+def _text(value: str | bytes) -> str:
+    """A raw ASGI value as latin-1 text (every byte decodes)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _hostname(host: str) -> str:

@@ -564,3 +564,119 @@ def test_header_reads_uncaptured_headers_on_demand() -> None:
     assert ctx.header("X-Consent") == "yes, again"
     assert ctx.header("x-missing") is None
     assert ctx.header("user-agent") is None  # captured headers are never rescanned
+
+
+# -- the ASGI fast path: a request's capture outcome reused ------------------------------------
+
+NOW_FBP = "fb.1.1700000000000.42"
+NOW_FBC = "fb.1.1700000000000.Click"
+RETURNING = f"cookie_consent=accept; sessionid=s1; _fbp={NOW_FBP}; _fbc={NOW_FBC}"
+PAGE = {"sec-fetch-dest": "document", "sec-fetch-mode": "navigate"}
+XHR = {"sec-fetch-dest": "empty", "sec-fetch-mode": "cors"}
+
+REPLAY_CASES: list[tuple[str, Any, dict[str, str], bytes]] = [
+    ("no-signal", None, {}, b""),
+    ("no-signal-session-cookie", None, {"cookie": "sessionid=abc"}, b"page=2"),
+    ("consent-cookie-new-visitor", None, {"cookie": "cookie_consent=accept"}, b""),
+    ("returning-page", None, {"cookie": RETURNING, **PAGE}, b""),
+    ("returning-xhr", None, {"cookie": RETURNING, **XHR}, b""),
+    ("returning-gpc", None, {"cookie": RETURNING, "sec-gpc": "1", **PAGE}, b""),
+    ("rejected-with-own-cookies", None, {"cookie": f"cookie_consent=reject; _fbp={NOW_FBP}"}, b""),
+    ("malformed-fbp", None, {"cookie": "cookie_consent=accept; _fbp=fb.1.1.1", **PAGE}, b""),
+    ("consent-true-new", True, {}, b""),
+    ("consent-true-returning", True, {"cookie": f"_fbp={NOW_FBP}", **PAGE}, b""),
+    ("consent-false", False, {"cookie": RETURNING}, b""),
+    ("custom-builtin", "site_cookie", {"cookie": "ok=1"}, b""),
+    ("http", None, {"cookie": RETURNING, **PAGE}, b""),
+]
+
+
+def raw_capture(pipe: CapturePipeline, headers: dict[str, str], query: bytes, scheme: str) -> Any:
+    header_map = {
+        b"host": b"www.example.com",
+        b"user-agent": b"UA/2",
+        **{k.encode(): v.encode() for k, v in headers.items()},
+    }
+    return pipe.capture_raw(
+        peer="8.8.8.8",
+        scheme=scheme,
+        server=("10.0.0.1", 8000),
+        raw_path=b"/shop",
+        query_string=query,
+        header_map=header_map,
+    )
+
+
+def observed(ctx: RequestContext, given_fbp: str | None) -> dict[str, Any]:
+    minted = ctx.fbp if ctx.fbp not in (None, given_fbp) else None
+    cookies = ctx.take_set_cookies()
+    return {
+        "consent": ctx.consent,
+        "fbc": ctx.fbc,
+        "fbp": "<minted>" if minted else ctx.fbp,
+        "set_cookie": [c.replace(minted, "<minted>") if minted else c for c in cookies],
+        "cookies": dict(ctx.cookies),
+        "secure": ctx.secure,
+        "client_ip": ctx.client_ip,
+        "user_agent": ctx.user_agent,
+        "event_source_url": ctx.event_source_url,
+        "referrer_url": ctx.referrer_url,
+    }
+
+
+@pytest.mark.parametrize(
+    ("consent_option", "headers", "query"),
+    [case[1:] for case in REPLAY_CASES],
+    ids=[case[0] for case in REPLAY_CASES],
+)
+def test_a_reused_outcome_is_the_same_as_a_fresh_capture(
+    consent_option: Any, headers: dict[str, str], query: bytes, request: pytest.FixtureRequest
+) -> None:
+    from capi_middleware import consent
+
+    if consent_option == "site_cookie":
+        consent_option = consent.site_cookie("ok")
+    scheme = "http" if request.node.callspec.id == "http" else "https"
+    given_fbp = NOW_FBP if NOW_FBP in headers.get("cookie", "") else None
+    fresh_pipe = pipeline(consent=consent_option)
+    fresh_pipe._outcome_memo_on = False  # every request through the full rules
+    expected = observed(raw_capture(fresh_pipe, headers, query, scheme), given_fbp)
+
+    pipe = pipeline(consent=consent_option)
+    first = observed(raw_capture(pipe, headers, query, scheme), given_fbp)
+    assert len(pipe._outcomes) == 1  # the first request's outcome is kept...
+    second = observed(raw_capture(pipe, headers, query, scheme), given_fbp)  # ...and reused
+    assert first == expected
+    assert second == expected
+    assert pipe.stats().requests == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "query"),
+    [
+        ({"cookie": RETURNING}, b"fbclid=NewClick"),
+        ({"cookie": RETURNING, "referer": "https://x.example/?fbclid=Ref"}, b""),
+        ({"cookie": "cookie_consent=accept; pad=" + "x" * 3000}, b""),
+    ],
+)
+def test_requests_that_may_mint_a_click_are_never_reused(
+    headers: dict[str, str], query: bytes
+) -> None:
+    pipe = pipeline(consent=None)
+    for _ in range(2):
+        raw_capture(pipe, headers, query, "https")
+    assert pipe._outcomes == {}
+
+
+def test_custom_policies_and_trusted_proxies_never_reuse_outcomes() -> None:
+    calls: list[int] = []
+
+    def mine(signals: Any) -> bool:
+        calls.append(1)
+        return True
+
+    for pipe in (pipeline(consent=mine), pipeline(consent=None, trusted_proxies=("10.0.0.0/8",))):
+        for _ in range(2):
+            raw_capture(pipe, {"cookie": RETURNING}, b"", "https")
+        assert pipe._outcomes == {}
+    assert len(calls) == 2  # a user's own policy runs on every request
