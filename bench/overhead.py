@@ -322,9 +322,13 @@ def pin(cpu: int) -> list[str]:
     return [taskset, "-c", str(cpu)] if taskset and (os.cpu_count() or 1) >= 2 else []
 
 
-def start_uvicorn(factory: str, port: int) -> subprocess.Popen[bytes]:
+def start_uvicorn(
+    factory: str, port: int, package_dir: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Serve ``overhead:factory``; with ``package_dir``, its ``capi_middleware`` comes first."""
     here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    path = [*([package_dir] if package_dir else []), str(here), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     proc = subprocess.Popen(
         [
             *pin(1),
@@ -473,26 +477,46 @@ def check_scenarios(ports: dict[str, int]) -> None:
 
 
 def run_server(
-    seconds: float, rounds: int, connections: int, only: list[str] | None = None
+    seconds: float,
+    rounds: int,
+    connections: int,
+    only: list[str] | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    """Alternate bare / with runs per scenario; the servers start once and stay up."""
+    """Alternate bare / with (/ baseline) runs per scenario; the servers start once, stay up.
+
+    ``baseline``: a directory holding another ``capi_middleware`` package (e.g. a ``git
+    archive`` of an earlier commit), served in the same run for a before/after comparison.
+    """
     factories = ("make_bare", "make_capi", "make_capi_granted")
     ports = {factory: free_port() for factory in factories}
     procs = [start_uvicorn(factory, port) for factory, port in ports.items()]
+    baseline_ports: dict[str, int] = {}
+    if baseline:
+        baseline_ports = {f: free_port() for f in ("make_capi", "make_capi_granted")}
+        procs += [start_uvicorn(f, port, baseline) for f, port in baseline_ports.items()]
     scenarios = {k: v for k, v in SERVER_SCENARIOS.items() if only is None or k in only}
+    sides = ("bare", "capi", "baseline") if baseline else ("bare", "capi")
     results: dict[str, dict[str, list[float]]] = {
-        name: {"bare": [], "capi": []} for name in scenarios
+        name: {side: [] for side in sides} for name in scenarios
     }
+
+    def port_of(side: str, factory: str) -> int:
+        if side == "bare":
+            return ports["make_bare"]
+        return ports[factory] if side == "capi" else baseline_ports[factory]
+
     try:
         check_scenarios(ports)
         for factory, lines, _ in scenarios.values():  # warm up every server and path
-            load(ports["make_bare"], lines, 1.0, connections)
-            load(ports[factory], lines, 1.0, connections)
+            for side in sides:
+                load(port_of(side, factory), lines, 1.0, connections)
         for _ in range(rounds):
             for name, (factory, lines, _) in scenarios.items():
-                # Alternate, so a busy machine's drift hits both sides alike.
-                results[name]["bare"].append(load(ports["make_bare"], lines, seconds, connections))
-                results[name]["capi"].append(load(ports[factory], lines, seconds, connections))
+                # Alternate, so a busy machine's drift hits every side alike.
+                for side in sides:
+                    rps = load(port_of(side, factory), lines, seconds, connections)
+                    results[name][side].append(rps)
     finally:
         for proc in procs:
             stop(proc)
@@ -504,9 +528,16 @@ def run_server(
             "bare_rps": bare,
             "capi_rps": with_capi,
             "ratio": with_capi / bare,
+            # Each run against the bare run just before it: robust to slow drift.
+            "paired_ratio": statistics.median(
+                c / b for c, b in zip(runs["capi"], runs["bare"], strict=True)
+            ),
             "best_ratio": max(runs["capi"]) / max(runs["bare"]),
             "runs": runs,
         }
+        if baseline:
+            summary[name]["baseline_rps"] = statistics.median(runs["baseline"])
+            summary[name]["baseline_ratio"] = statistics.median(runs["baseline"]) / bare
     return {
         "client": "wrk" if shutil.which("wrk") else "asyncio keep-alive client",
         "connections": connections,
@@ -533,6 +564,12 @@ def main() -> None:
         help="uvicorn scenario(s) to run (default: all)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also serve the capi_middleware package in DIR (e.g. `git archive <commit> "
+        "capi_middleware | tar -x -C DIR`) in the same uvicorn run, for before/after",
+    )
     args = parser.parse_args()
     n, repeats = (2_000, 3) if args.quick else (5_000, 15)
     print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
@@ -560,17 +597,22 @@ def main() -> None:
         f"\nPart 2: uvicorn, 1 worker per app, {rounds} alternating round(s) of {seconds:.0f} s "
         "per app and scenario"
     )
-    server = run_server(seconds, rounds, args.connections, args.scenario)
+    server = run_server(seconds, rounds, args.connections, args.scenario, args.baseline)
     print(f"client: {server['client']}, {server['connections']} connections")
-    print(f"{'scenario':8} {'bare req/s':>11} {'with req/s':>11} {'ratio':>6} {'best':>6}  verdict")
+    print(
+        f"{'scenario':8} {'bare req/s':>11} {'with req/s':>11} {'ratio':>6} {'paired':>6} "
+        f"{'best':>6}  verdict"
+    )
     for name, row in server["scenarios"].items():
         verdict = "OK" if row["ratio"] >= 0.95 else "UNDER"
         print(
             f"{name:8} {row['bare_rps']:11.0f} {row['capi_rps']:11.0f} {row['ratio']:6.3f} "
-            f"{row['best_ratio']:6.3f}  {verdict}  ({row['what']})"
+            f"{row['paired_ratio']:6.3f} {row['best_ratio']:6.3f}  {verdict}  ({row['what']})"
         )
-        print(f"{'':8} bare runs {[round(x) for x in row['runs']['bare']]}")
-        print(f"{'':8} with runs {[round(x) for x in row['runs']['capi']]}")
+        for side, runs in row["runs"].items():
+            print(f"{'':8} {side:8} runs {[round(x) for x in runs]}")
+        if "baseline_ratio" in row:
+            print(f"{'':8} baseline ratio {row['baseline_ratio']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"direct": rows, "server": server}, indent=2))
 

@@ -237,7 +237,11 @@ def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipelin
         # A copy: an app may reuse one header list for every response.
         headers = list(message.get("headers") or ())
         for name, value in headers:
-            if name.lower() == b"cache-control" and is_shared_cacheable(value.decode("latin-1")):
+            if (
+                len(name) == 13  # len(b"cache-control"): most names are ruled out here
+                and name.lower() == b"cache-control"
+                and is_shared_cacheable(value.decode("latin-1"))
+            ):
                 # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
                 return
         headers.extend([(b"set-cookie", cookie.encode("latin-1")) for cookie in cookies])

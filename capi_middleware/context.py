@@ -801,7 +801,8 @@ class CapturePipeline:
         if in_query or (referer is not None and "fbclid" in referer):
             fbclid = ctx.fbclid = cookie_rules.extract_fbclid(_text(query_string), referer)
         if cookie_header:
-            facts = self._cookie_facts(cookie_header)
+            # With an outcome key the whole outcome is memoized instead (see capture_raw).
+            facts = self._cookie_facts(cookie_header, remember=outcome_key is None)
             if facts.cookies is not None:
                 ctx._cookies = facts.cookies
         else:
@@ -813,7 +814,9 @@ class CapturePipeline:
             host = ctx._page_host()
             if host is not None:
                 try:
-                    kept = self._plan(ctx, host, secure, facts.fbc, facts.fbp, fbclid)
+                    kept = self._plan(
+                        ctx, host, secure, facts.fbc, facts.fbp, fbclid, outcome_key is None
+                    )
                 except Exception as exc:
                     # Keep the request and the context; only the cookies are lost.
                     self.count("capture_errors")
@@ -882,7 +885,7 @@ class CapturePipeline:
             ),
         )
 
-    def _cookie_facts(self, header: str) -> _CookieFacts:
+    def _cookie_facts(self, header: str, *, remember: bool = True) -> _CookieFacts:
         """What capture needs from a Cookie header, memoized by its text (bounded).
 
         A browser sends the same Cookie header on every request of a visit. A header that
@@ -901,7 +904,7 @@ class CapturePipeline:
                 )
             else:
                 facts = self._no_cookies
-            if len(header) <= _COOKIE_MEMO_MAX_CHARS:
+            if remember and len(header) <= _COOKIE_MEMO_MAX_CHARS:
                 _memoize(self._cookie_memo, header, facts, _COOKIE_MEMO_SIZE)
         return facts
 
@@ -942,6 +945,7 @@ class CapturePipeline:
         raw_fbc: str | None,
         raw_fbp: str | None,
         fbclid: str | None,
+        remember: bool = True,
     ) -> cookie_rules.KeptCookies:
         """Set ctx.fbc / ctx.fbp and the Set-Cookie values for this response (with consent).
 
@@ -966,7 +970,7 @@ class CapturePipeline:
                 cookie_domain=self._cookie_domain,
                 now_ms=int(time.time() * 1000),
             )
-            if len(raw_fbc or "") + len(raw_fbp or "") <= _MEMO_MAX_CHARS:
+            if remember and len(raw_fbc or "") + len(raw_fbp or "") <= _MEMO_MAX_CHARS:
                 _memoize(self._kept_memo, key, kept)
         fbc = kept.fbc
         fbp = kept.fbp
