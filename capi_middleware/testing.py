@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import re
 import secrets
 import socket
@@ -702,6 +703,16 @@ class _Server(ThreadingHTTPServer):
         with self.fake._lock:
             self.fake._sockets.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid keep-alive (a killed app process, a closed pool) is
+        # normal for a test server; anything else is logged, not printed to stderr.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        logging.getLogger("capi_middleware.testing").exception(
+            "fake Graph API: error while serving %s", client_address
+        )
 
 
 def _handler_for(fake: FakeGraphAPI) -> type[BaseHTTPRequestHandler]:
