@@ -28,10 +28,10 @@ import hashlib
 import hmac
 import json
 import logging
-import sys
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import deque
