@@ -30,10 +30,16 @@ def test_round_trip() -> None:
     assert all(c.isalnum() or c in "-_." for c in value)
 
 
+def _flip_signature(value: str) -> str:
+    head, _, signature = value.rpartition(".")
+    return f"{head}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
+
+
 @pytest.mark.parametrize(
     "mangle",
     [
-        lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),  # signature altered
+        # The signature's first character: its last one may only carry base64 padding bits.
+        lambda v: _flip_signature(v),
         lambda v: "x" + v,  # payload altered
         lambda v: v.split(".")[0],  # signature removed
         lambda v: "",
