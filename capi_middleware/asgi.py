@@ -19,11 +19,11 @@ import anyio.to_thread
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import (
     MAX_COOKIE_HEADER_CHARS,
-    MAX_HEADER_CHARS,
     CapturePipeline,
     CaptureStats,
     RequestContext,
     activate,
+    cap_header,
     deactivate,
     is_shared_cacheable,
     log_internal_error,
@@ -191,15 +191,23 @@ def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, b
     sizes: dict[bytes, int] = {}
     for raw_name, raw_value in raw_headers:
         name = raw_name if raw_name.islower() else raw_name.lower()
-        limit = MAX_COOKIE_HEADER_CHARS if name == b"cookie" else MAX_HEADER_CHARS
         size = sizes.get(name, 0)
-        if size >= limit:
-            continue  # capped: later repeats are not looked at
-        parts.setdefault(name, []).append(raw_value[: limit - size])
+        if size >= _JOIN_LIMIT:
+            continue  # a flood of repeats: later ones are not looked at
+        parts.setdefault(name, []).append(raw_value[:_JOIN_LIMIT])
         sizes[name] = size + len(raw_value) + 2
+    # Each joined value is capped by capture's own rule (cap_header), which for forwarding
+    # headers keeps the right end rather than the left.
     return {
-        name: (b"; " if name == b"cookie" else b", ").join(values) for name, values in parts.items()
+        name: cap_header(
+            name.decode("latin-1"), (b"; " if name == b"cookie" else b", ").join(values)
+        )
+        for name, values in parts.items()
     }
+
+
+# How much of one header's repeats is joined before capping (a bound on a hostile flood).
+_JOIN_LIMIT = 4 * MAX_COOKIE_HEADER_CHARS
 
 
 def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:

@@ -24,11 +24,12 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, AnyStr, Literal, NamedTuple, TypeVar
 
 from capi_middleware import client_ip as client_ip_rules
 from capi_middleware import cookies as cookie_rules
 from capi_middleware import events as event_rules
+from capi_middleware.client_ip import MAX_FORWARDED_HEADER
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent import (
     ConsentDecision,
@@ -71,6 +72,21 @@ TrackStatus = Literal["queued", "denied", "invalid", "dropped", "dry_run", "erro
 # value is junk or an attack, and capping keeps capture's cost flat.
 MAX_HEADER_CHARS = 8192
 MAX_COOKIE_HEADER_CHARS = 16384
+# Forwarding headers go to client_ip, which deals with an oversized one itself: it reads only the
+# right end of X-Forwarded-For (the hops our proxies added) and ignores an oversized Forwarded.
+# Capping must keep that meaning, so these keep their right end / stay visibly oversized.
+_FORWARDING_CAP = MAX_FORWARDED_HEADER + 1
+
+
+def cap_header(name: str, value: AnyStr) -> AnyStr:
+    """A header value capped for capture: Cookie and forwarding headers by their own rules."""
+    if name == "cookie":
+        return value[:MAX_COOKIE_HEADER_CHARS]
+    if name == "x-forwarded-for":
+        return value[-_FORWARDING_CAP:] if len(value) > _FORWARDING_CAP else value
+    if name == "forwarded":
+        return value[:_FORWARDING_CAP]
+    return value[:MAX_HEADER_CHARS]
 MAX_USER_AGENT_CHARS = 1024
 MAX_URL_CHARS = 4096
 
@@ -403,8 +419,7 @@ class RequestContext:
                 return None
             if value is None:
                 return None
-            limit = MAX_COOKIE_HEADER_CHARS if key == "cookie" else MAX_HEADER_CHARS
-            return value[:limit].decode("latin-1")
+            return cap_header(key, value).decode("latin-1")
         found = self._headers.get(key)
         if found is None and self._raw_headers is not None and key not in CAPTURED_HEADERS:
             found = _read_raw_header(self._raw_headers, key)
@@ -1328,10 +1343,10 @@ def _read_raw_header(raw: Sequence[tuple[bytes, bytes]], key: str) -> str | None
     found: list[str] = []
     for raw_name, raw_value in raw:
         if raw_name == wanted or raw_name.lower() == wanted:
-            found.append(raw_value[:MAX_HEADER_CHARS].decode("latin-1"))
+            found.append(cap_header(key, raw_value).decode("latin-1"))
     if not found:
         return None
-    return ", ".join(found)[:MAX_HEADER_CHARS]
+    return cap_header(key, ", ".join(found))
 
 
 def _valid_host(value: str | None) -> str | None:

@@ -17,12 +17,11 @@ from urllib.parse import quote
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import (
-    MAX_COOKIE_HEADER_CHARS,
-    MAX_HEADER_CHARS,
     CapturePipeline,
     CaptureStats,
     RequestContext,
     activate,
+    cap_header,
     deactivate,
     is_shared_cacheable,
     log_internal_error,
@@ -175,8 +174,7 @@ def environ_headers(environ: Mapping[str, Any]) -> dict[str, str]:
             name = key.replace("_", "-").lower()
         else:
             continue
-        limit = MAX_COOKIE_HEADER_CHARS if name == "cookie" else MAX_HEADER_CHARS
-        headers[name] = value[:limit]
+        headers[name] = cap_header(name, value)
     return headers
 
 
