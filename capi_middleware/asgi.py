@@ -16,18 +16,10 @@ from typing import Any
 
 import anyio.to_thread
 
+from capi_middleware.capture import CapturePipeline, is_shared_cacheable, log_internal_error
+from capi_middleware.captured_headers import MAX_COOKIE_HEADER_CHARS, cap_header
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import (
-    MAX_COOKIE_HEADER_CHARS,
-    CapturePipeline,
-    CaptureStats,
-    RequestContext,
-    activate,
-    cap_header,
-    deactivate,
-    is_shared_cacheable,
-    log_internal_error,
-)
+from capi_middleware.context import CaptureStats, RequestContext, activate, deactivate
 
 __all__ = ["CAPIMiddleware"]
 

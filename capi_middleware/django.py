@@ -27,16 +27,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.encoding import escape_uri_path
 
+from capi_middleware.capture import CapturePipeline, is_shared_cacheable, log_internal_error
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import (
-    CapturePipeline,
-    CaptureStats,
-    RequestContext,
-    activate,
-    deactivate,
-    is_shared_cacheable,
-    log_internal_error,
-)
+from capi_middleware.context import CaptureStats, RequestContext, activate, deactivate
 from capi_middleware.wsgi import capture_environ
 
 __all__ = ["CAPIDjangoMiddleware", "get_pipeline"]

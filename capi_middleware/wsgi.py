@@ -15,17 +15,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from capi_middleware.capture import CapturePipeline, is_shared_cacheable, log_internal_error
+from capi_middleware.captured_headers import cap_header
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import (
-    CapturePipeline,
-    CaptureStats,
-    RequestContext,
-    activate,
-    cap_header,
-    deactivate,
-    is_shared_cacheable,
-    log_internal_error,
-)
+from capi_middleware.context import CaptureStats, RequestContext, activate, deactivate
 
 __all__ = ["CAPIWSGIMiddleware", "capture_environ"]
 

@@ -8,23 +8,20 @@ from typing import Any
 
 import pytest
 
+from capi_middleware.capture import CapturePipeline, is_shared_cacheable
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent import ConsentDecision
 from capi_middleware.context import (
     _UNSET,
-    MAX_URL_CHARS,
-    MAX_USER_AGENT_CHARS,
-    CapturePipeline,
     RequestContext,
     TrackResult,
     activate,
     current,
     deactivate,
-    is_navigation,
-    is_shared_cacheable,
 )
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import sha256_hex
+from capi_middleware.page_url import MAX_URL_CHARS, MAX_USER_AGENT_CHARS, is_navigation
 
 EMAIL = "john_smith@gmail.com"
 EMAIL_HASH = "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f"
@@ -480,7 +477,7 @@ def test_kept_cookie_memo_never_holds_minted_values() -> None:
 
 
 def test_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("capi_middleware.context._MEMO_SIZE", 8)
+    monkeypatch.setattr("capi_middleware.capture._MEMO_SIZE", 8)
     pipe = pipeline(consent=None)
     for i in range(50):
         ctx = capture(
