@@ -43,6 +43,7 @@ from capi_middleware.enhancement import EnhancementCookie, Remembered, remembere
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.page_url import (
     DEFAULT_PORTS,
+    MAX_HOST_CHARS,
     hostname,
     is_navigation,
     is_raw_navigation,
@@ -269,9 +270,13 @@ class CapturePipeline:
         if cookie is not None and len(cookie) > _COOKIE_MEMO_MAX_CHARS:
             return None
         host = header_map.get(b"host")
-        if host is None or len(host) > 261:
+        if host is None or len(host) > MAX_HOST_CHARS:
             return None
-        return (cookie, host, scheme, *map(header_map.get, self._consent_raw_headers or ()))
+        consent_headers = tuple(map(header_map.get, self._consent_raw_headers or ()))
+        for value in consent_headers:
+            if value is not None and len(value) > _MEMO_MAX_CHARS:
+                return None  # clients choose their size: never a memo key
+        return (cookie, host, scheme, *consent_headers)
 
     def _replay(
         self,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORTS",
+    "MAX_HOST_CHARS",
     "MAX_URL_CHARS",
     "MAX_USER_AGENT_CHARS",
     "build_page_url",
@@ -31,6 +32,7 @@ __all__ = [
 
 MAX_USER_AGENT_CHARS = 1024
 MAX_URL_CHARS = 4096
+MAX_HOST_CHARS = 261  # a 255-character name (RFC 1035), ':' and a 5-digit port
 
 # RFC 1123 host names (underscores tolerated, as some internal names have them), an IPv4
 # literal, or a bracketed IPv6 literal; then an optional port. Anything else in Host is junk.
@@ -53,8 +55,8 @@ def page_host(value: str | bytes | None, scheme: str) -> str | None:
     ``value`` may be the raw ASGI bytes. Memoized: a site answers to a handful of hosts.
     Bounded, since clients choose the value.
     """
-    if not value:
-        return None
+    if not value or len(value) > MAX_HOST_CHARS:
+        return None  # junk, and never a memo key: clients choose its size
     key = (value, scheme)
     try:
         return _host_cache[key]
@@ -71,7 +73,7 @@ def page_host(value: str | bytes | None, scheme: str) -> str | None:
 
 def _valid_host(value: str | None) -> str | None:
     """The Host header, lowercased, when it is a host name or IP literal with an optional port."""
-    if not value or len(value) > 261:
+    if not value or len(value) > MAX_HOST_CHARS:
         return None
     value = value.lower()
     return value if _HOST.fullmatch(value) else None

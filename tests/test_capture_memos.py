@@ -1,0 +1,56 @@
+"""The request path's memos: bounded in what keys them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capi_middleware import page_url
+from capi_middleware.capture import CapturePipeline
+from capi_middleware.config import CAPIConfig
+from capi_middleware.context import RequestContext
+
+
+def pipeline(**options: Any) -> CapturePipeline:
+    options.setdefault("dry_run", True)
+    return CapturePipeline(CAPIConfig(**options))
+
+
+def capture(pipe: CapturePipeline, path: str, headers: dict[str, str]) -> RequestContext:
+    """One request through the ASGI (raw bytes) or the WSGI (text) entry point."""
+    headers = {"host": "www.example.com", **headers}
+    if path == "asgi":
+        return pipe.capture_raw(
+            peer="8.8.8.8",
+            scheme="https",
+            server=None,
+            raw_path=b"/",
+            query_string=b"",
+            header_map={k.encode(): v.encode("latin-1") for k, v in headers.items()},
+        )
+    return pipe.capture(
+        peer="8.8.8.8",
+        scheme="https",
+        server=None,
+        raw_path="/",
+        query_string="",
+        headers=headers,
+    )
+
+
+def test_the_outcome_memo_is_never_keyed_by_an_oversized_consent_header() -> None:
+    pipe = pipeline(consent=None)
+    cookie = {"cookie": "cookie_consent=accept"}
+    capture(pipe, "asgi", {**cookie, "sec-gpc": "1"})
+    assert len(pipe._outcomes) == 1  # a usual Sec-GPC keys a reused outcome
+    for i in range(3):
+        ctx = capture(pipe, "asgi", {**cookie, "sec-gpc": f"{i}" + " " * 20_000})
+        assert ctx.consent.granted
+    # A client choosing a huge header value must not make the memo hold it.
+    assert len(pipe._outcomes) == 1
+
+
+def test_the_page_host_memo_never_keeps_an_oversized_host() -> None:
+    junk = b"a" * 50_000
+    assert page_url.page_host(junk, "https") is None
+    assert (junk, "https") not in page_url._host_cache
+    assert page_url.page_host(b"www.example.com:443", "https") == "www.example.com"
