@@ -427,7 +427,11 @@ class CapturePipeline:
             ctx.fbp = facts.fbp
         if facts.fbc is not None and cookie_rules.is_valid_fbc(facts.fbc):
             ctx.fbc = facts.fbc
-        if outcome_key is not None and not decision.granted:
+        if (
+            outcome_key is not None
+            and not decision.granted
+            and _judged_for_good(facts.fbc, facts.fbp, ctx.fbc, ctx.fbp)
+        ):
             # Nothing here depends on the host: it stays worked out on first read.
             self._store_outcome(
                 outcome_key,
@@ -461,6 +465,8 @@ class CapturePipeline:
         """Keep a granted request's outcome: what it kept, re-sends and must mint."""
         if page_host(raw_map.get(b"host"), scheme) != host:
             return  # the host came from the server address, which is not in the key
+        if not _judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
+            return
         resend = (kept.fbc_header, kept.fbp_header)
         mint = kept.fbp is None and self._set_fbp
         self._store_outcome(
@@ -550,7 +556,8 @@ class CapturePipeline:
 
         Validating and rendering the visitor's own cookies depends only on (host, scheme,
         raw values), and a browser sends the same values on every request of a visit, so that
-        half is memoized (`cookies.keep_cookies`). Minting depends on the clock: never kept.
+        half is memoized (`cookies.keep_cookies`), unless a value was rejected for a creation
+        time ahead of the clock (`_judged_for_good`). Minting depends on the clock: never kept.
         """
         key = (host, secure, raw_fbc, raw_fbp)
         kept = self._kept_memo.get(key)
@@ -563,7 +570,11 @@ class CapturePipeline:
                 cookie_domain=self._cookie_domain,
                 now_ms=int(time.time() * 1000),
             )
-            if remember and len(raw_fbc or "") + len(raw_fbp or "") <= _MEMO_MAX_CHARS:
+            if (
+                remember
+                and len(raw_fbc or "") + len(raw_fbp or "") <= _MEMO_MAX_CHARS
+                and _judged_for_good(raw_fbc, raw_fbp, kept.fbc, kept.fbp)
+            ):
                 _memoize(self._kept_memo, key, kept)
         fbc = kept.fbc
         fbp = kept.fbp
@@ -794,6 +805,36 @@ def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
     from capi_middleware.normalize import FRIENDLY_KEYS
 
     return {FRIENDLY_KEYS.get(k, k) for k in user_data}
+
+
+def _judged_for_good(
+    raw_fbc: str | None, raw_fbp: str | None, valid_fbc: str | None, valid_fbp: str | None
+) -> bool:
+    """True when the verdict on the visitor's ``_fbc``/``_fbp`` cannot change with time.
+
+    A cookie's creation time may be at most a week ahead of our clock (cookies.py). An accepted
+    value stays acceptable, and so does the verdict on one rejected for its format or for a
+    creation time already past; but one rejected for a creation time ahead of the clock (a
+    device clock set wrong when the pixel stamped it) may be accepted days later.
+    """
+    return not (
+        (raw_fbc is not None and valid_fbc is None and _stamped_ahead(raw_fbc))
+        or (raw_fbp is not None and valid_fbp is None and _stamped_ahead(raw_fbp))
+    )
+
+
+def _stamped_ahead(value: str) -> bool:
+    """True when a cookie value's creation time (``fb.1.<ms>.…``) is later than now."""
+    parts = value.split(".", 3)
+    if len(parts) < 4:
+        return False
+    created = parts[2]
+    return (
+        0 < len(created) <= 13  # 13-digit milliseconds (cookies.py); int() stays cheap
+        and created.isascii()
+        and created.isdigit()
+        and int(created) > time.time() * 1000
+    )
 
 
 def _is_navigation(ctx: RequestContext) -> bool:

@@ -1,13 +1,19 @@
-"""The request path's memos: bounded in what keys them."""
+"""The request path's memos: bounded in what keys them, and never keeping a clock-dependent answer."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import pytest
 
 from capi_middleware import page_url
 from capi_middleware.capture import CapturePipeline
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import RequestContext
+
+DAY_MS = 24 * 3600 * 1000
+NOW_MS = 1_700_000_000_000
 
 
 def pipeline(**options: Any) -> CapturePipeline:
@@ -54,3 +60,22 @@ def test_the_page_host_memo_never_keeps_an_oversized_host() -> None:
     assert page_url.page_host(junk, "https") is None
     assert (junk, "https") not in page_url._host_cache
     assert page_url.page_host(b"www.example.com:443", "https") == "www.example.com"
+
+
+@pytest.mark.parametrize("cookie", ["_fbp", "_fbc"])
+@pytest.mark.parametrize(("consent", "path"), [(True, "asgi"), (True, "wsgi"), (False, "asgi")])
+def test_a_cookie_judged_by_the_clock_is_judged_again_later(
+    monkeypatch: pytest.MonkeyPatch, consent: bool, path: str, cookie: str
+) -> None:
+    # The browser's pixel stamps its cookies with the device's clock: eight days ahead of ours
+    # is implausible (a week's slack) today, and plausible two days later.
+    ahead = f"fb.1.{NOW_MS + 8 * DAY_MS}." + ("42" if cookie == "_fbp" else "Click")
+    headers = {"cookie": f"{cookie}={ahead}", "sec-fetch-dest": "document"}
+    attribute = cookie.lstrip("_")
+    clock = [NOW_MS / 1000]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    pipe = pipeline(consent=consent)
+    assert getattr(capture(pipe, path, headers), attribute) != ahead
+    clock[0] += 2 * DAY_MS / 1000
+    assert getattr(capture(pipeline(consent=consent), path, headers), attribute) == ahead  # fresh
+    assert getattr(capture(pipe, path, headers), attribute) == ahead  # a memoized one agrees
