@@ -272,11 +272,7 @@ class CapturePipeline:
         host = header_map.get(b"host")
         if host is None or len(host) > MAX_HOST_CHARS:
             return None
-        consent_headers = tuple(map(header_map.get, self._consent_raw_headers or ()))
-        for value in consent_headers:
-            if value is not None and len(value) > _MEMO_MAX_CHARS:
-                return None  # clients choose their size: never a memo key
-        return (cookie, host, scheme, *consent_headers)
+        return (cookie, host, scheme, *map(header_map.get, self._consent_raw_headers or ()))
 
     def _replay(
         self,
@@ -450,6 +446,11 @@ class CapturePipeline:
         return ctx
 
     def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
+        # The consent headers in the key (after cookie, host, scheme) are any size a client
+        # likes: an oversized one is never kept (checked here, once per new key, not per lookup).
+        for value in key[3:]:
+            if value is not None and len(value) > _MEMO_MAX_CHARS:
+                return
         _memoize(self._outcomes, key, outcome, _OUTCOME_MEMO_SIZE)
 
     def _store_granted(

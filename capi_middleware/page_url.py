@@ -55,13 +55,15 @@ def page_host(value: str | bytes | None, scheme: str) -> str | None:
     ``value`` may be the raw ASGI bytes. Memoized: a site answers to a handful of hosts.
     Bounded, since clients choose the value.
     """
-    if not value or len(value) > MAX_HOST_CHARS:
-        return None  # junk, and never a memo key: clients choose its size
+    if not value:
+        return None
     key = (value, scheme)
     try:
         return _host_cache[key]
     except KeyError:
         pass
+    if len(value) > MAX_HOST_CHARS:
+        return None  # junk, and never a memo key: clients choose its size
     host = _valid_host(value if isinstance(value, str) else value.decode("latin-1"))
     if host is not None and scheme in DEFAULT_PORTS:
         host = _strip_default_port(host, scheme)
