@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import html
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -480,27 +479,3 @@ def _sendable_ip(peer: str) -> str | None:
         _ip_cache.clear()  # bounded; a clear is cheaper than LRU bookkeeping per request
     _ip_cache[peer] = value
     return value
-
-
-# Names that lived here until capture.py, captured_headers.py and page_url.py were split off
-# (docs/internals.md lists some as context.py's). Resolved on first use: capture.py imports
-# this module, so importing it here would be a cycle.
-_MOVED = {
-    "CapturePipeline": "capi_middleware.capture",
-    "is_shared_cacheable": "capi_middleware.capture",
-    "log_internal_error": "capi_middleware.capture",
-    "CAPTURED_HEADERS": "capi_middleware.captured_headers",
-    "MAX_COOKIE_HEADER_CHARS": "capi_middleware.captured_headers",
-    "MAX_HEADER_CHARS": "capi_middleware.captured_headers",
-    "cap_header": "capi_middleware.captured_headers",
-    "MAX_URL_CHARS": "capi_middleware.page_url",
-    "MAX_USER_AGENT_CHARS": "capi_middleware.page_url",
-    "is_navigation": "capi_middleware.page_url",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
