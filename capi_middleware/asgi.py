@@ -9,9 +9,7 @@ request; the app's exceptions pass through unchanged.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import fields
 from typing import Any
 
 import anyio.to_thread
@@ -23,15 +21,12 @@ from capi_middleware.context import CaptureStats, RequestContext, activate, deac
 
 __all__ = ["CAPIMiddleware"]
 
-logger = logging.getLogger("capi_middleware")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_OPTIONS = frozenset(f.name for f in fields(CAPIConfig))
 
 
 class CAPIMiddleware:
@@ -54,13 +49,7 @@ class CAPIMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, config: CAPIConfig | None = None, **options: Any) -> None:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise TypeError(f"CAPIMiddleware: unknown option(s) {', '.join(unknown)}")
-        if config is None:
-            config = CAPIConfig.from_env(**options)
-        elif options:
-            config = config.replace(**options)
+        config = CAPIConfig.from_options("CAPIMiddleware", config, options)
         self.app = app
         self.config = config
         self._pipeline = CapturePipeline(config)
@@ -71,11 +60,6 @@ class CAPIMiddleware:
         # Without the enhancement cookie, cookies are known when capture ends: a request that
         # sets none needs no send wrapper at all.
         self._cookies_only_at_capture = config.enhancement_secret is None
-        if config.test_event_code:
-            logger.warning(
-                "capi_middleware: test_event_code is set; events go to Test Events only "
-                "(remove it in production)"
-            )
 
     def __repr__(self) -> str:
         return f"CAPIMiddleware(app={self.app!r}, config={self.config!r})"

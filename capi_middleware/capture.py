@@ -108,6 +108,12 @@ class CapturePipeline:
 
     def __init__(self, config: CAPIConfig) -> None:
         self.config = config
+        if config.test_event_code:
+            # Every adapter builds a pipeline, so every one of them warns (reference §1).
+            logger.warning(
+                "capi_middleware: test_event_code is set; events go to Test Events only "
+                "(remove it in production)"
+            )
         self._trust = client_ip_rules.ProxyTrust(config.trusted_networks())
         self._has_trust = bool(config.trusted_proxies)
         self._cookie_domain = config.cookie_domain

@@ -225,6 +225,22 @@ class CAPIConfig:
     def replace(self, **changes: Any) -> CAPIConfig:
         return replace(self, **changes)
 
+    @classmethod
+    def from_options(
+        cls, owner: str, config: CAPIConfig | None, options: Mapping[str, Any]
+    ) -> CAPIConfig:
+        """What a middleware's constructor does with ``config=`` and keyword options.
+
+        Unknown keywords raise TypeError naming ``owner``; with ``config`` the keywords override
+        it, without it unset options come from the ``META_*`` variables (`from_env`).
+        """
+        unknown = sorted(set(options) - _OPTION_NAMES)
+        if unknown:
+            raise TypeError(f"{owner}: unknown option(s) {', '.join(unknown)}")
+        if config is None:
+            return cls.from_env(**options)
+        return config.replace(**options) if options else config
+
     # -- environment ----------------------------------------------------------------------
 
     @classmethod
@@ -250,6 +266,8 @@ class CAPIConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+
+_OPTION_NAMES = frozenset(f.name for f in fields(CAPIConfig))
 
 _ENV_VARS = {
     "pixel_id": "META_PIXEL_ID",

@@ -8,9 +8,7 @@ logged and counted, never raised into the request; the app's exceptions pass thr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -22,13 +20,11 @@ from capi_middleware.context import CaptureStats, RequestContext, activate, deac
 
 __all__ = ["CAPIWSGIMiddleware", "capture_environ"]
 
-logger = logging.getLogger("capi_middleware")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-_OPTIONS = frozenset(f.name for f in fields(CAPIConfig))
 # Characters a browser leaves unescaped in a path (as Django's escape_uri_path keeps them).
 _PATH_SAFE = "/:@&+$,-_.!~*'();="
 
@@ -54,23 +50,12 @@ class CAPIWSGIMiddleware:
     """
 
     def __init__(self, app: WSGIApp, *, config: CAPIConfig | None = None, **options: Any) -> None:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise TypeError(f"CAPIWSGIMiddleware: unknown option(s) {', '.join(unknown)}")
-        if config is None:
-            config = CAPIConfig.from_env(**options)
-        elif options:
-            config = config.replace(**options)
+        config = CAPIConfig.from_options("CAPIWSGIMiddleware", config, options)
         self.app = app
         self.config = config
         self._pipeline = CapturePipeline(config)
         # With a durable outbox the sender starts before any track() (see the class docstring).
         self._sender_due = bool(config.outbox) and not config.dry_run
-        if config.test_event_code:
-            logger.warning(
-                "capi_middleware: test_event_code is set; events go to Test Events only "
-                "(remove it in production)"
-            )
 
     def __repr__(self) -> str:
         return f"CAPIWSGIMiddleware(app={self.app!r}, config={self.config!r})"

@@ -116,3 +116,24 @@ def test_from_env_reads_meta_variables_and_overrides_win() -> None:
 def test_from_env_bad_bool_names_the_variable() -> None:
     with pytest.raises(ValueError, match="META_DRY_RUN"):
         CAPIConfig.from_env({"META_DRY_RUN": "maybe"})
+
+
+def test_from_options_rejects_unknown_keywords_and_overrides_a_config() -> None:
+    with pytest.raises(TypeError, match="CAPIMiddleware: unknown option"):
+        CAPIConfig.from_options("CAPIMiddleware", None, {"pixelid": "1"})
+    base = CAPIConfig(pixel_id="1", access_token=TOKEN)
+    assert CAPIConfig.from_options("X", base, {}) is base
+    assert CAPIConfig.from_options("X", base, {"dry_run": True}).dry_run is True
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_a_test_event_code_is_warned_about_at_start(
+    adapter: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from capi_middleware import CAPIMiddleware, CAPIWSGIMiddleware
+
+    cls = CAPIMiddleware if adapter == "asgi" else CAPIWSGIMiddleware
+    with caplog.at_level("WARNING", logger="capi_middleware"):
+        cls(lambda *a: None, pixel_id="1", access_token=TOKEN, test_event_code="TEST1")
+    assert any("test_event_code is set" in r.getMessage() for r in caplog.records)
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
