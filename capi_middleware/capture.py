@@ -583,32 +583,16 @@ class CapturePipeline:
                 and _judged_for_good(raw_fbc, raw_fbp, kept.fbc, kept.fbp)
             ):
                 _memoize(self._kept_memo, key, kept)
-        fbc = kept.fbc
-        fbp = kept.fbp
-        navigation: bool | None = None
-        set_cookie = ctx._set_cookie
-        if fbclid is not None and fbclid != kept.fbc_click_id:
-            fbc = cookie_rules.mint_fbc(
-                fbclid, subdomain_index=kept.subdomain_index, now_ms=int(time.time() * 1000)
-            )
-            set_cookie.append(f"{cookie_rules.FBC_COOKIE}={fbc}{kept.attributes}")
-        elif kept.fbc_header is not None:
-            navigation = _is_navigation(ctx)
-            if navigation:
-                set_cookie.append(kept.fbc_header)
-        if fbp is None:
-            if self._set_fbp:
-                fbp = cookie_rules.mint_fbp(
-                    subdomain_index=kept.subdomain_index, now_ms=int(time.time() * 1000)
-                )
-                set_cookie.append(f"{cookie_rules.FBP_COOKIE}={fbp}{kept.attributes}")
-        elif kept.fbp_header is not None:
-            if navigation is None:
-                navigation = _is_navigation(ctx)
-            if navigation:
-                set_cookie.append(kept.fbp_header)
-        ctx.fbc = fbc
-        ctx.fbp = fbp
+        plan = cookie_rules.plan_from_kept(
+            kept,
+            fbclid=fbclid,
+            set_fbp=self._set_fbp,
+            now_ms=int(time.time() * 1000),
+            resend=lambda: _is_navigation(ctx),
+        )
+        ctx._set_cookie.extend(plan.set_cookie)
+        ctx.fbc = plan.fbc
+        ctx.fbp = plan.fbp
         return kept
 
     # -- track ------------------------------------------------------------------------------

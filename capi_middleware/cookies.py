@@ -19,8 +19,7 @@ import ipaddress
 import random
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -40,6 +39,7 @@ __all__ = [
     "mint_fbp",
     "parse_cookie_header",
     "plan_cookies",
+    "plan_from_kept",
     "render_set_cookie",
     "set_cookie_attributes",
     "subdomain_index",
@@ -424,8 +424,7 @@ def _attributes(domain: str | None, secure: bool, max_age: int) -> str:
 # -- the per-request plan -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CookiePlan:
+class CookiePlan(NamedTuple):
     """What a request's cookies come to.
 
     Parameters:
@@ -509,11 +508,8 @@ def plan_cookies(
 ) -> CookiePlan:
     """Decide ``_fbc`` and ``_fbp`` for one request (call only with consent).
 
-    Meta §4: mint ``_fbc`` when there is an fbclid and no valid ``_fbc``, or the valid one's click
-    id differs; with the same click id keep the cookie and its original creation time. Mint
-    ``_fbp`` only when there is no valid one (and ``set_fbp``); never replace a valid one. Both
-    valid cookies, kept or minted, are sent again so they outlive Safari's 7-day cap on
-    script-set cookies. Invalid cookie values are ignored and never echoed.
+    The visitor's cookies are validated by `keep_cookies`, then `plan_from_kept` applies the
+    minting rules; valid cookies are re-sent (see `plan_from_kept`'s ``resend``).
     """
     kept = keep_cookies(
         host=host,
@@ -523,13 +519,48 @@ def plan_cookies(
         cookie_domain=cookie_domain,
         now_ms=now_ms,
     )
-    fbc, fbc_header = kept.fbc, kept.fbc_header
-    if fbclid is not None and _valid_click_id(fbclid) and kept.fbc_click_id != fbclid:
+    if fbclid is not None and not _valid_click_id(fbclid):
+        fbclid = None  # cannot be carried byte for byte in a cookie: ignored, never altered
+    return plan_from_kept(kept, fbclid=fbclid, set_fbp=set_fbp, now_ms=now_ms)
+
+
+def plan_from_kept(
+    kept: KeptCookies,
+    *,
+    fbclid: str | None,
+    set_fbp: bool,
+    now_ms: int,
+    resend: Callable[[], bool] | None = None,
+) -> CookiePlan:
+    """Meta §4's rules on top of the visitor's validated cookies: the one place they live.
+
+    Mint ``_fbc`` when there is an fbclid and no valid ``_fbc``, or the valid one's click id
+    differs; with the same click id keep the cookie and its original creation time. Mint
+    ``_fbp`` only when there is no valid one (and ``set_fbp``); never replace a valid one.
+    Minting happens on any request. The visitor's still-valid cookies are re-sent, so they
+    outlive Safari's 7-day cap on script-set cookies, when ``resend()`` says so (called at most
+    once; None means always). Invalid cookie values were ignored by `keep_cookies`; ``fbclid``
+    must be a valid click id (`extract_fbclid` returns only those).
+    """
+    headers: list[str] = []
+    wanted: bool | None = None if resend is not None else True
+    fbc = kept.fbc
+    if fbclid is not None and kept.fbc_click_id != fbclid:
         fbc = mint_fbc(fbclid, subdomain_index=kept.subdomain_index, now_ms=now_ms)
-        fbc_header = f"{FBC_COOKIE}={fbc}{kept.attributes}"
-    fbp, fbp_header = kept.fbp, kept.fbp_header
-    if fbp is None and set_fbp:
-        fbp = mint_fbp(subdomain_index=kept.subdomain_index, now_ms=now_ms)
-        fbp_header = f"{FBP_COOKIE}={fbp}{kept.attributes}"
-    headers = tuple(h for h in (fbc_header, fbp_header) if h is not None)
-    return CookiePlan(fbc=fbc, fbp=fbp, set_cookie=headers)
+        headers.append(f"{FBC_COOKIE}={fbc}{kept.attributes}")
+    elif kept.fbc_header is not None:
+        if wanted is None:
+            wanted = resend is None or bool(resend())
+        if wanted:
+            headers.append(kept.fbc_header)
+    fbp = kept.fbp
+    if fbp is None:
+        if set_fbp:
+            fbp = mint_fbp(subdomain_index=kept.subdomain_index, now_ms=now_ms)
+            headers.append(f"{FBP_COOKIE}={fbp}{kept.attributes}")
+    elif kept.fbp_header is not None:
+        if wanted is None:
+            wanted = resend is None or bool(resend())
+        if wanted:
+            headers.append(kept.fbp_header)
+    return CookiePlan(fbc=fbc, fbp=fbp, set_cookie=tuple(headers))
