@@ -212,7 +212,6 @@ class CapturePipeline:
         raw_path: str,
         query_string: str,
         headers: Mapping[str, str],
-        raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> RequestContext:
         """Build the RequestContext of one request. Adapters guard the call.
 
@@ -222,14 +221,10 @@ class CapturePipeline:
             server: the server's (host, port), used when the Host header is missing or junk.
             raw_path: the path as the browser sent it (percent-encoding kept), latin-1 text.
             query_string: the raw query string, latin-1 text, without ``?``.
-            headers: lowercase names -> latin-1 values, repeats joined, values capped. With
-                ``raw_headers`` it need only hold the `CAPTURED_HEADERS`.
-            raw_headers: the ASGI header list; ``ctx.header()`` reads other headers from it
-                on demand, so capture decodes only what it uses.
+            headers: lowercase names -> latin-1 values, repeats joined, values capped
+                (`cap_header`). ASGI uses `capture_raw`, which decodes only what it reads.
         """
-        return self._capture(
-            None, headers, raw_headers, peer, scheme, server, raw_path, query_string
-        )
+        return self._capture(None, headers, peer, scheme, server, raw_path, query_string)
 
     def capture_raw(
         self,
@@ -254,9 +249,7 @@ class CapturePipeline:
                 outcome = self._outcomes.get(key)
                 if outcome is not None:
                     return self._replay(outcome, header_map, peer, server, raw_path, query_string)
-        return self._capture(
-            header_map, _EMPTY, None, peer, scheme, server, raw_path, query_string, key
-        )
+        return self._capture(header_map, _EMPTY, peer, scheme, server, raw_path, query_string, key)
 
     def _outcome_key(
         self, header_map: Mapping[bytes, bytes], scheme: str, query_string: bytes
@@ -329,7 +322,6 @@ class CapturePipeline:
         self,
         raw_map: Mapping[bytes, bytes] | None,
         headers: Mapping[str, str],
-        raw_headers: Sequence[tuple[bytes, bytes]] | None,
         peer: str | None,
         scheme: str,
         server: Sequence[Any] | None,
@@ -347,7 +339,6 @@ class CapturePipeline:
         ctx = lazy_context(self)
         ctx._raw_map = raw_map
         ctx._headers = headers
-        ctx._raw_headers = raw_headers
 
         # Client IP, and scheme/host from a trusted proxy (uvicorn's proxy_headers model:
         # forwarded headers are believed only from a trusted peer).

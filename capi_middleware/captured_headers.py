@@ -7,7 +7,6 @@ header on demand under the same caps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import AnyStr
 
 from capi_middleware.client_ip import MAX_FORWARDED_HEADER
@@ -17,7 +16,6 @@ __all__ = [
     "MAX_COOKIE_HEADER_CHARS",
     "MAX_HEADER_CHARS",
     "cap_header",
-    "read_raw_header",
 ]
 
 # Caps on what a client can make us hold or forward. Browsers send far less; past these a
@@ -55,15 +53,3 @@ CAPTURED_HEADERS = frozenset(
     )
 )
 """The headers capture and the built-in consent policies read; adapters decode these eagerly."""
-
-
-def read_raw_header(raw: Sequence[tuple[bytes, bytes]], key: str) -> str | None:
-    """One header from an ASGI header list (any case), repeats joined, value capped."""
-    wanted = key.encode("latin-1", "replace")
-    found: list[str] = []
-    for raw_name, raw_value in raw:
-        if raw_name == wanted or raw_name.lower() == wanted:
-            found.append(cap_header(key, raw_value).decode("latin-1"))
-    if not found:
-        return None
-    return cap_header(key, ", ".join(found))

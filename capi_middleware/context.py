@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from capi_middleware import client_ip as client_ip_rules
 from capi_middleware import cookies as cookie_rules
 from capi_middleware import events as event_rules
-from capi_middleware.captured_headers import CAPTURED_HEADERS, cap_header, read_raw_header
+from capi_middleware.captured_headers import cap_header
 from capi_middleware.consent import ConsentDecision
 from capi_middleware.enhancement import Remembered
 from capi_middleware.errors import CAPIValidationError, Problem
@@ -176,7 +176,6 @@ class RequestContext:
         "_peer",
         "_pipeline",
         "_query_string",
-        "_raw_headers",
         "_raw_map",
         "_raw_path",
         "_referer",
@@ -214,7 +213,6 @@ class RequestContext:
         self._pipeline = pipeline
         self._headers = headers
         self._raw_map: Mapping[bytes, bytes] | None = None
-        self._raw_headers: Sequence[tuple[bytes, bytes]] | None = None
         self._cookie_header: str | None = None
         self._cookies: Mapping[str, str] | None = cookies
         self._error = error
@@ -353,10 +351,7 @@ class RequestContext:
             if value is None:
                 return None
             return cap_header(key, value).decode("latin-1")
-        found = self._headers.get(key)
-        if found is None and self._raw_headers is not None and key not in CAPTURED_HEADERS:
-            found = read_raw_header(self._raw_headers, key)
-        return found
+        return self._headers.get(key)
 
     # -- the app's API ----------------------------------------------------------------------
 
@@ -445,7 +440,6 @@ def lazy_context(pipeline: CapturePipeline) -> RequestContext:
     ctx._pipeline = pipeline
     ctx._headers = _EMPTY
     ctx._raw_map = None
-    ctx._raw_headers = None
     ctx._cookie_header = None
     ctx._cookies = None
     ctx._error = None

@@ -547,22 +547,6 @@ def test_attributes_are_worked_out_on_first_read_and_never_raise(
     assert "user agent" in caplog.text
 
 
-def test_header_reads_uncaptured_headers_on_demand() -> None:
-    raw = [(b"host", b"example.com"), (b"x-consent", b"yes"), (b"X-Consent", b"again")]
-    ctx = pipeline().capture(
-        peer="8.8.8.8",
-        scheme="https",
-        server=None,
-        raw_path="/",
-        query_string="",
-        headers={"host": "example.com"},
-        raw_headers=raw,
-    )
-    assert ctx.header("X-Consent") == "yes, again"
-    assert ctx.header("x-missing") is None
-    assert ctx.header("user-agent") is None  # captured headers are never rescanned
-
-
 # -- the ASGI fast path: a request's capture outcome reused ------------------------------------
 
 NOW_FBP = "fb.1.1700000000000.42"
