@@ -30,6 +30,15 @@ def _mask(secret: str | None) -> str:
     return "'***'"
 
 
+def _masked_repr(obj: Any, secrets: tuple[str, ...]) -> str:
+    """``Name(field=value, ...)`` with every secret field shown as ``'***'``."""
+    parts = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        parts.append(f"{f.name}={_mask(value) if f.name in secrets else repr(value)}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
 @dataclass(frozen=True)
 class Destination:
     """One pixel to send to, with the token that may write to it.
@@ -47,10 +56,7 @@ class Destination:
     test_event_code: str | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"Destination(pixel_id={self.pixel_id!r}, access_token={_mask(self.access_token)}, "
-            f"app_secret={_mask(self.app_secret)}, test_event_code={self.test_event_code!r})"
-        )
+        return _masked_repr(self, ("access_token", "app_secret"))
 
 
 @dataclass(frozen=True)
@@ -181,14 +187,7 @@ class CAPIConfig:
             raise ValueError("on_dead_letter: must be callable")
 
     def __repr__(self) -> str:
-        parts = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("access_token", "app_secret", "enhancement_secret"):
-                parts.append(f"{f.name}={_mask(value)}")
-            else:
-                parts.append(f"{f.name}={value!r}")
-        return f"CAPIConfig({', '.join(parts)})"
+        return _masked_repr(self, ("access_token", "app_secret", "enhancement_secret"))
 
     # -- derived values -------------------------------------------------------------------
 
