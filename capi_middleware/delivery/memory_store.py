@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
 
 __all__ = ["MemoryStore"]
 
 
-@dataclass
 class _Row:
-    event: NewEvent
-    attempts: int = 0
-    not_before: float = 0.0
-    leased_until: float = 0.0  # 0: not leased
+    """One held event: its `StoredEvent` (built once, handed out by every claim) and timers."""
+
+    __slots__ = ("leased_until", "not_before", "stored")
+
+    def __init__(self, stored: StoredEvent) -> None:
+        self.stored = stored
+        self.not_before = 0.0
+        self.leased_until = 0.0  # 0: not leased
 
 
 class MemoryStore:
@@ -54,9 +57,18 @@ class MemoryStore:
         with self._lock:
             room = max(0, self._max - len(self._rows))
             accepted = events[:room]
-            for event in accepted:
-                self._rows[self._next_id] = _Row(event)
-                self._next_id += 1
+            rows = self._rows
+            row_id = self._next_id
+            for e in accepted:
+                # The StoredEvent is built here, once: claims (one per batch, more on retries)
+                # hand out the same immutable object instead of building one per claim.
+                rows[row_id] = _Row(
+                    StoredEvent(
+                        row_id, e.pixel_id, e.payload, e.event_id, e.event_time, e.action_source, 0
+                    )
+                )
+                row_id += 1
+            self._next_id = row_id
             return len(accepted)
 
     def claim(self, limit: int, *, lease_seconds: float, now: float) -> list[StoredEvent]:
@@ -64,12 +76,13 @@ class MemoryStore:
         out: list[StoredEvent] = []
         if limit <= 0:
             return out
+        until = now + lease_seconds
         with self._lock:
-            for row_id, row in self._rows.items():
+            for row in self._rows.values():
                 if row.not_before > now or row.leased_until > now:
                     continue
-                row.leased_until = now + lease_seconds
-                out.append(_stored(row_id, row))
+                row.leased_until = until
+                out.append(row.stored)
                 if len(out) >= limit:
                     break
         return out
@@ -88,7 +101,7 @@ class MemoryStore:
                 if row is not None:
                     row.leased_until = 0.0
                     row.not_before = not_before
-                    row.attempts += 1
+                    row.stored = dataclasses.replace(row.stored, attempts=row.stored.attempts + 1)
 
     def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
         """Give up on these events; the last ``keep_dead_letters`` are kept in `dead_letters`."""
@@ -96,7 +109,7 @@ class MemoryStore:
             for row_id in ids:
                 row = self._rows.pop(row_id, None)
                 if row is not None:
-                    self._dead.append((_stored(row_id, row), letter))
+                    self._dead.append((row.stored, letter))
 
     def backlog(self) -> int:
         """Events held, leased ones included."""
@@ -113,16 +126,3 @@ class MemoryStore:
         """Forget everything held (memory is not durable)."""
         with self._lock:
             self._rows.clear()
-
-
-def _stored(row_id: int, row: _Row) -> StoredEvent:
-    e = row.event
-    return StoredEvent(
-        id=row_id,
-        pixel_id=e.pixel_id,
-        payload=e.payload,
-        event_id=e.event_id,
-        event_time=e.event_time,
-        action_source=e.action_source,
-        attempts=row.attempts,
-    )

@@ -571,6 +571,10 @@ class Sender:
         """Claim and send batches until nothing is due; True when anything was claimed."""
         any_claimed = False
         while not self._halt and not self._paused():
+            if any_claimed and self._intake:
+                # Events submitted while the last batch was in flight join the store before the
+                # next claim, so it fills a whole batch instead of sending a partial one.
+                self._ingest()
             now = time.time()
             # After resume(), events a pause had put back until its end are claimed at once.
             claim_at = max(now, self._claim_horizon)
