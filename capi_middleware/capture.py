@@ -3,9 +3,9 @@
 The ASGI and WSGI adapters hand `CapturePipeline.capture` / `capture_raw` what they read from
 the request (peer address, scheme, server, raw path, query string, headers); the pipeline runs
 client IP resolution, cookie reading, consent and the cookie plan (memoized where the answer
-depends only on what keys it, bounded), returns a `RequestContext`, and does the pipeline side
-of ``ctx.track()``: build the event, hand it to the lazily started sender. Also here: what the
-adapters share (`log_internal_error`, `is_shared_cacheable`).
+depends only on what keys it, bounded), returns a `RequestContext`, keeps the counters and the
+lazily started sender, and delegates the pipeline side of ``ctx.track()`` to `tracking.Tracker`.
+Also here: what the adapters share (`log_internal_error`, `is_shared_cacheable`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from capi_middleware import client_ip as client_ip_rules
 from capi_middleware import cookies as cookie_rules
-from capi_middleware import events as event_rules
 from capi_middleware.captured_headers import MAX_COOKIE_HEADER_CHARS, MAX_HEADER_CHARS
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent import (
@@ -36,11 +35,9 @@ from capi_middleware.context import (
     CaptureStats,
     RequestContext,
     TrackResult,
-    TrackStatus,
     lazy_context,
 )
-from capi_middleware.enhancement import EnhancementCookie, Remembered, remembered_from_user_data
-from capi_middleware.errors import CAPIValidationError, Problem
+from capi_middleware.enhancement import Remembered
 from capi_middleware.page_url import (
     DEFAULT_PORTS,
     MAX_HOST_CHARS,
@@ -50,6 +47,7 @@ from capi_middleware.page_url import (
     latin1_text,
     page_host,
 )
+from capi_middleware.tracking import Tracker
 
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
@@ -145,9 +143,6 @@ class CapturePipeline:
         self._consent_cookie_names = re.compile(
             "|".join(re.escape(name) for name in names) if names else "(?!)"
         )
-        self._enhancement = (
-            EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
-        )
         self._sender: Sender | None = None
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
@@ -158,6 +153,7 @@ class CapturePipeline:
         self._request_counter = itertools.count()
         self._request_counter_reads = 0
         self._invalid: Counter[str] = Counter()
+        self._tracker = Tracker(self)
         if not config.destinations() and not config.dry_run:
             logger.warning(
                 "capi_middleware: no pixel_id/access_token configured; events will be dropped "
@@ -173,6 +169,12 @@ class CapturePipeline:
         """Add to one of the middleware's counters (thread-safe)."""
         with self._counts_lock:
             self._counts[name] += n
+
+    def count_invalid(self, fields: Iterable[str]) -> None:
+        """Count ``track()`` calls rejected as invalid, once per field of each fatal problem."""
+        with self._counts_lock:
+            for field in fields:
+                self._invalid[field] += 1
 
     def count_internal_error(self, counter: str, where: str, exc: Exception) -> None:
         """Count one of this package's own failures and log it (`log_internal_error`)."""
@@ -601,125 +603,18 @@ class CapturePipeline:
         durable: bool | None,
         custom_data_fields: Mapping[str, Any],
     ) -> TrackResult:
-        """``RequestContext.track``'s body; see there."""
-        config = self.config
-        name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
-        for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
-            if value is not None and not isinstance(value, Mapping):
-                problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
-                if config.strict:
-                    raise CAPIValidationError([problem])
-                with self._counts_lock:
-                    self._invalid[arg] += 1
-                return TrackResult(
-                    event_id=event_id or event_rules.new_event_id(),
-                    status="invalid",
-                    problems=(problem,),
-                    event_name=name,
-                )
-        merged_custom: dict[str, Any] = dict(custom_data) if custom_data else {}
-        merged_custom.update(custom_data_fields)
-
-        if ctx._error is not None:
-            return TrackResult(
-                event_id=event_id or event_rules.new_event_id(),
-                status="error",
-                problems=(Problem("request", f"capture failed ({ctx._error}); see the log"),),
-                event_name=name,
-            )
-        decision = ctx.consent
-        if not decision.granted:
-            self.count("consent_denied")
-            return TrackResult(
-                event_id=event_id or event_rules.new_event_id(), status="denied", event_name=name
-            )
-
-        request_data: dict[str, Any] = {}
-        if ctx.client_ip is not None:
-            request_data["client_ip_address"] = ctx.client_ip
-        if ctx.user_agent is not None:
-            request_data["client_user_agent"] = ctx.user_agent
-        if ctx.fbc is not None:
-            request_data["fbc"] = ctx.fbc
-        if ctx.fbp is not None:
-            request_data["fbp"] = ctx.fbp
-        remembered: Remembered = {}
-        if self._enhancement is not None:
-            remembered = self._remembered(ctx)
-            if remembered:
-                given = _meta_keys(user_data)
-                for key, values in remembered.items():
-                    if key not in given:
-                        request_data[key] = list(values)
-        if user_data:
-            # Explicit keys win; a key given as None leaves the request's value out.
-            request_data.update(user_data)
-        user = {k: v for k, v in request_data.items() if v is not None}
-
-        built = event_rules.build_event(
+        """``RequestContext.track``'s body; see there (`tracking.Tracker.track`)."""
+        return self._tracker.track(
+            ctx,
             event_name,
-            user_data=user,
-            custom_data=merged_custom,
+            user_data=user_data,
+            custom_data=custom_data,
             event_id=event_id,
             event_time=event_time,
             action_source=action_source,
-            event_source_url=ctx.event_source_url,
-            referrer_url=ctx.referrer_url,
-            ldu=decision.ldu,
-            default_country=config.default_country,
-            hash_external_id=config.hash_external_id,
+            durable=durable,
+            custom_data_fields=custom_data_fields,
         )
-        event = built.event
-        if event is None:
-            fatal = [p for p in built.problems if p.fatal] or list(built.problems)
-            with self._counts_lock:
-                for problem in fatal:
-                    self._invalid[problem.field] += 1
-            if config.strict:
-                raise CAPIValidationError(built.problems)
-            logger.warning(
-                "capi_middleware: %s event not sent: %s",
-                name or "unnamed",
-                "; ".join(str(p) for p in fatal),
-            )
-            return TrackResult(
-                event_id=event_id or event_rules.new_event_id(),
-                status="invalid",
-                problems=built.problems,
-                event_name=name,
-            )
-        if config.strict and built.problems:
-            raise CAPIValidationError(built.problems)
-
-        if self._enhancement is not None and not ctx._response_started:
-            self._remember(ctx, remembered, event.user_data)
-
-        result_args: dict[str, Any] = {
-            "event_id": event.event_id,
-            "problems": built.problems,
-            "event_name": event.event_name,
-            "custom_data": event.custom_data,
-        }
-        if config.dry_run:
-            self.count("dry_run")
-            logger.info(
-                "capi_middleware dry_run: %s event_id=%s (not sent)",
-                event.event_name,
-                event.event_id,
-            )
-            return TrackResult(status="dry_run", **result_args)
-
-        sender = self.sender()
-        outcome = sender.submit(
-            event.to_dict(), durable=config.durable if durable is None else durable
-        )
-        if outcome.dropped or outcome.accepted == 0:
-            # Queue full, sender closed or no pixel configured: counted by the sender too.
-            reason = outcome.reason or "unknown"
-            dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
-            result_args["problems"] = (*built.problems, dropped)
-        status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
-        return TrackResult(status=status, **result_args)
 
     # -- the sender -------------------------------------------------------------------------
 
@@ -754,39 +649,11 @@ class CapturePipeline:
     # -- the enhancement cookie ---------------------------------------------------------------
 
     def _remembered(self, ctx: RequestContext) -> Remembered:
-        assert self._enhancement is not None
-        if ctx._remembered is None:
-            ctx._remembered = self._enhancement.load(ctx.cookies.get(self._enhancement.cookie_name))
-        return ctx._remembered
-
-    def _remember(
-        self, ctx: RequestContext, before: Remembered, user_data: Mapping[str, Any]
-    ) -> None:
-        codec = self._enhancement
-        assert codec is not None
-        after = remembered_from_user_data(user_data)
-        merged = dict(before)
-        merged.update(after)
-        if merged == before:
-            return
-        ctx._remembered = merged
-        cookie = codec.render_set_cookie(codec.dump(merged), secure=ctx.secure)
-        name = codec.cookie_name + "="
-        # One enhancement cookie per response: a later track() replaces an earlier one.
-        ctx._set_cookie = [c for c in ctx._set_cookie if not c.startswith(name)]
-        ctx._set_cookie.append(cookie)
+        """The match keys this request's enhancement cookie remembers (`Tracker.remembered`)."""
+        return self._tracker.remembered(ctx)
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
-    """The Meta keys a user_data mapping sets, friendly names translated (email -> em)."""
-    if not user_data:
-        return set()
-    from capi_middleware.normalize import FRIENDLY_KEYS
-
-    return {FRIENDLY_KEYS.get(k, k) for k in user_data}
 
 
 def _judged_for_good(
