@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from capi_middleware.delivery.sqlite_store import OutboxFileError, open_outbox_file
+from capi_middleware.delivery.outbox_schema import OutboxFileError, open_outbox_file
 
 __all__ = ["add_outbox_parser", "main", "run_outbox"]
 

@@ -32,54 +32,23 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capi_middleware.delivery.outbox_schema import (
+    SCHEMA_VERSION,
+    OutboxFileError,
+    _immediate,
+    create_outbox_connection,
+    open_outbox_file,
+)
 from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
 
 __all__ = ["SCHEMA_VERSION", "OutboxFileError", "SQLiteStore", "open_outbox_file"]
 
 logger = logging.getLogger("capi_middleware.delivery")
-
-SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration in _migrate()
-
-_SCHEMA = """
-CREATE TABLE events (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale ack hits no new row
-    pixel_id      TEXT    NOT NULL,
-    event_id      TEXT    NOT NULL,
-    event_name    TEXT    NOT NULL DEFAULT '',
-    event_time    INTEGER NOT NULL,
-    action_source TEXT    NOT NULL,
-    payload       TEXT    NOT NULL,                   -- the event's JSON, exactly the bytes sent
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    not_before    REAL    NOT NULL DEFAULT 0,
-    lease_owner   TEXT,
-    lease_until   REAL,
-    created_at    REAL    NOT NULL
-);
-CREATE INDEX events_waiting ON events (not_before) WHERE lease_owner IS NULL;
-CREATE INDEX events_leased ON events (lease_until) WHERE lease_owner IS NOT NULL;
-CREATE TABLE dead_letters (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    pixel_id      TEXT    NOT NULL,
-    event_id      TEXT    NOT NULL,
-    event_name    TEXT    NOT NULL DEFAULT '',
-    event_time    INTEGER NOT NULL,
-    action_source TEXT    NOT NULL,
-    payload       TEXT    NOT NULL,
-    attempts      INTEGER NOT NULL,
-    created_at    REAL    NOT NULL,
-    reason        TEXT    NOT NULL,
-    code          INTEGER,
-    subcode       INTEGER,
-    message       TEXT    NOT NULL DEFAULT '',
-    fbtrace_id    TEXT,
-    dead_at       REAL    NOT NULL
-);
-"""
 
 _INSERT_EVENT = (
     "INSERT INTO events (pixel_id, event_id, event_name, event_time, action_source, payload,"
@@ -101,10 +70,6 @@ _DEAD_FROM_MEMORY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _GROUP_MAX = 5000  # commit at once when this many events wait, without waiting for the window
-
-
-class OutboxFileError(Exception):
-    """An outbox file that is missing, unreadable, or not an outbox (used by the CLI)."""
 
 
 @dataclass(frozen=True)
@@ -836,43 +801,24 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         path = self.path
-        if not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Create the file ourselves so it is born 0600: the rows hold hashed user data, IPs and
-        # user agents, which no other local user should read.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        conn = sqlite3.connect(
-            str(path),
-            timeout=self._busy_timeout,
-            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-            check_same_thread=False,  # used from several threads, always under _db_lock
+        conn = create_outbox_connection(
+            path,
+            busy_timeout=self._busy_timeout,
+            synchronous=self._synchronous,
+            max_bytes=self._max_bytes,
+            on_wal_refused=lambda mode: self._log.error(
+                "no_wal",
+                "capi outbox %s: the file system refused WAL mode (%s); sharing the file "
+                "between processes will be slower",
+                path,
+                mode,
+            ),
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                self._log.error(
-                    "no_wal",
-                    "capi outbox %s: the file system refused WAL mode (%s); sharing the file "
-                    "between processes will be slower",
-                    path,
-                    mode,
-                )
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            _migrate(conn)
             self._rows_estimate = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            if self._max_bytes is not None:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count = {max(2, self._max_bytes // page_size)}")
         except BaseException:
             conn.close()
             raise
-        for suffix in ("-wal", "-shm"):
-            # SQLite gives these the database file's mode already; this covers a file whose
-            # mode was changed after its WAL was created.
-            with contextlib.suppress(OSError):
-                os.chmod(f"{path}{suffix}", 0o600)
         st = os.stat(path)
         self._file_id = (st.st_dev, st.st_ino)
         return conn
@@ -951,77 +897,6 @@ def _dead_values(p: _Prepared, attempts: int) -> tuple[Any, ...]:
         attempts,
         p.created_at,
     )
-
-
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction that takes the file's write lock up front (``BEGIN IMMEDIATE``).
-
-    Taking the lock first is what makes claim atomic across processes, and avoids the deadlock
-    two deferred transactions get into when both try to upgrade to writing.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:  # SQLITE_FULL may already have rolled back
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Create the schema in a new file; refuse a file that is not an outbox or is newer."""
-    with _immediate(conn):
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise OutboxFileError(
-                f"outbox schema version {version} is newer than this capi-middleware "
-                f"understands ({SCHEMA_VERSION}); upgrade capi-middleware"
-            )
-        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-        if tables:
-            raise OutboxFileError("the file is a SQLite database but not a capi outbox")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-def open_outbox_file(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open an existing outbox for the CLI, never creating one.
-
-    Raises `OutboxFileError` with a message fit for the user when the file is missing, is not a
-    SQLite database, is not an outbox, or has a newer schema.
-    """
-    p = Path(os.fspath(path))
-    if not p.exists():
-        raise OutboxFileError(f"{p}: no such file")
-    if not p.is_file():
-        raise OutboxFileError(f"{p}: not a file")
-    try:
-        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{p}: cannot open ({exc})") from None
-    try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
-        conn.close()
-        raise OutboxFileError(f"{p}: not a capi outbox (not a SQLite database)") from None
-    if not {"events", "dead_letters"} <= names or version < 1:
-        conn.close()
-        raise OutboxFileError(f"{p}: not a capi outbox (no events / dead_letters tables)")
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise OutboxFileError(
-            f"{p}: outbox schema version {version} is newer than this tool ({SCHEMA_VERSION})"
-        )
-    return conn
 
 
 def _flush_all_at_exit() -> None:

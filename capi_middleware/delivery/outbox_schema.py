@@ -1,0 +1,187 @@
+"""The outbox file itself: its schema, and opening a file the way the store and the CLI need it.
+
+This module's one job is the file-level contract of the SQLite outbox, shared by `SQLiteStore`
+(which writes it) and ``capi-middleware outbox`` (which inspects it): the ``events`` and
+``dead_letters`` tables and the ``PRAGMA user_version`` that versions them, creating the file
+mode 0600 (and keeping its ``-wal``/``-shm`` at 0600), opening a connection with WAL, a
+``busy_timeout`` and the chosen ``synchronous`` level, and recognising whether an existing file
+is an outbox at all. Group commit, leases and the memory fallback stay in ``sqlite_store``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "OutboxFileError",
+    "create_outbox_connection",
+    "open_outbox_file",
+]
+
+SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration in _migrate()
+
+_SCHEMA = """
+CREATE TABLE events (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale ack hits no new row
+    pixel_id      TEXT    NOT NULL,
+    event_id      TEXT    NOT NULL,
+    event_name    TEXT    NOT NULL DEFAULT '',
+    event_time    INTEGER NOT NULL,
+    action_source TEXT    NOT NULL,
+    payload       TEXT    NOT NULL,                   -- the event's JSON, exactly the bytes sent
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    not_before    REAL    NOT NULL DEFAULT 0,
+    lease_owner   TEXT,
+    lease_until   REAL,
+    created_at    REAL    NOT NULL
+);
+CREATE INDEX events_waiting ON events (not_before) WHERE lease_owner IS NULL;
+CREATE INDEX events_leased ON events (lease_until) WHERE lease_owner IS NOT NULL;
+CREATE TABLE dead_letters (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    pixel_id      TEXT    NOT NULL,
+    event_id      TEXT    NOT NULL,
+    event_name    TEXT    NOT NULL DEFAULT '',
+    event_time    INTEGER NOT NULL,
+    action_source TEXT    NOT NULL,
+    payload       TEXT    NOT NULL,
+    attempts      INTEGER NOT NULL,
+    created_at    REAL    NOT NULL,
+    reason        TEXT    NOT NULL,
+    code          INTEGER,
+    subcode       INTEGER,
+    message       TEXT    NOT NULL DEFAULT '',
+    fbtrace_id    TEXT,
+    dead_at       REAL    NOT NULL
+);
+"""
+
+
+class OutboxFileError(Exception):
+    """An outbox file that is missing, unreadable, or not an outbox (used by the CLI)."""
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction that takes the file's write lock up front (``BEGIN IMMEDIATE``).
+
+    Taking the lock first is what makes claim atomic across processes, and avoids the deadlock
+    two deferred transactions get into when both try to upgrade to writing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # SQLITE_FULL may already have rolled back
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new file; refuse a file that is not an outbox or is newer."""
+    with _immediate(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise OutboxFileError(
+                f"outbox schema version {version} is newer than this capi-middleware "
+                f"understands ({SCHEMA_VERSION}); upgrade capi-middleware"
+            )
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise OutboxFileError("the file is a SQLite database but not a capi outbox")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def create_outbox_connection(
+    path: Path,
+    *,
+    busy_timeout: float,
+    synchronous: str,
+    max_bytes: int | None,
+    on_wal_refused: Callable[[object], None],
+) -> sqlite3.Connection:
+    """Open the outbox at ``path`` for writing, creating it (and the schema) when missing.
+
+    The connection has autocommit off (transactions are ``BEGIN IMMEDIATE`` via `_immediate`),
+    may be used from several threads under the caller's lock, and has the ``busy_timeout``,
+    WAL journal, ``synchronous`` level and (with ``max_bytes``) page cap set.
+    ``on_wal_refused`` is called with the journal mode the file system gave instead of WAL.
+    Raises `OutboxFileError` for a file that is not an outbox or has a newer schema, and
+    `sqlite3.Error` / `OSError` when the file cannot be created or opened.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Create the file ourselves so it is born 0600: the rows hold hashed user data, IPs and
+    # user agents, which no other local user should read.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    conn = sqlite3.connect(
+        str(path),
+        timeout=busy_timeout,
+        isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+        check_same_thread=False,  # used from several threads, always under SQLiteStore._db_lock
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            on_wal_refused(mode)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        _migrate(conn)
+        if max_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(2, max_bytes // page_size)}")
+    except BaseException:
+        conn.close()
+        raise
+    for suffix in ("-wal", "-shm"):
+        # SQLite gives these the database file's mode already; this covers a file whose
+        # mode was changed after its WAL was created.
+        with contextlib.suppress(OSError):
+            os.chmod(f"{path}{suffix}", 0o600)
+    return conn
+
+
+def open_outbox_file(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open an existing outbox for the CLI, never creating one.
+
+    Raises `OutboxFileError` with a message fit for the user when the file is missing, is not a
+    SQLite database, is not an outbox, or has a newer schema.
+    """
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise OutboxFileError(f"{p}: no such file")
+    if not p.is_file():
+        raise OutboxFileError(f"{p}: not a file")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise OutboxFileError(f"{p}: cannot open ({exc})") from None
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise OutboxFileError(f"{p}: not a capi outbox (not a SQLite database)") from None
+    if not {"events", "dead_letters"} <= names or version < 1:
+        conn.close()
+        raise OutboxFileError(f"{p}: not a capi outbox (no events / dead_letters tables)")
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise OutboxFileError(
+            f"{p}: outbox schema version {version} is newer than this tool ({SCHEMA_VERSION})"
+        )
+    return conn
