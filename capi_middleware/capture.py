@@ -34,7 +34,6 @@ from capi_middleware.consent import (
 from capi_middleware.context import (
     CaptureStats,
     RequestContext,
-    TrackResult,
     lazy_context,
 )
 from capi_middleware.enhancement import Remembered
@@ -153,7 +152,8 @@ class CapturePipeline:
         self._request_counter = itertools.count()
         self._request_counter_reads = 0
         self._invalid: Counter[str] = Counter()
-        self._tracker = Tracker(self)
+        # track()'s side of the pipeline (tracking.py); RequestContext.track calls it.
+        self.tracker = Tracker(self)
         if not config.destinations() and not config.dry_run:
             logger.warning(
                 "capi_middleware: no pixel_id/access_token configured; events will be dropped "
@@ -588,34 +588,6 @@ class CapturePipeline:
         ctx.fbp = plan.fbp
         return kept
 
-    # -- track ------------------------------------------------------------------------------
-
-    def track(
-        self,
-        ctx: RequestContext,
-        event_name: str,
-        *,
-        user_data: Mapping[str, Any] | None,
-        custom_data: Mapping[str, Any] | None,
-        event_id: str | None,
-        event_time: Any,
-        action_source: str | None,
-        durable: bool | None,
-        custom_data_fields: Mapping[str, Any],
-    ) -> TrackResult:
-        """``RequestContext.track``'s body; see there (`tracking.Tracker.track`)."""
-        return self._tracker.track(
-            ctx,
-            event_name,
-            user_data=user_data,
-            custom_data=custom_data,
-            event_id=event_id,
-            event_time=event_time,
-            action_source=action_source,
-            durable=durable,
-            custom_data_fields=custom_data_fields,
-        )
-
     # -- the sender -------------------------------------------------------------------------
 
     def sender(self) -> Sender:
@@ -650,7 +622,7 @@ class CapturePipeline:
 
     def _remembered(self, ctx: RequestContext) -> Remembered:
         """The match keys this request's enhancement cookie remembers (`Tracker.remembered`)."""
-        return self._tracker.remembered(ctx)
+        return self.tracker.remembered(ctx)
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 A `RequestContext` is what one request carries for Meta; `capture.CapturePipeline` builds it,
 the app finds it at ``request.state.capi`` / ``environ["capi"]`` / `current()` and calls
-``ctx.track(...)``, whose pipeline side lives in capture.py. Attributes the app may never read
-(client IP, user agent, page URL, referrer) are worked out on first read, from the rules in
-page_url.py. Nothing here does network I/O or raises into the request (except
-`CAPIValidationError` with ``strict=True``).
+``ctx.track(...)``, whose pipeline side lives in tracking.py (`CapturePipeline.tracker`).
+Attributes the app may never read (client IP, user agent, page URL, referrer) are worked out on
+first read, from the rules in page_url.py. Nothing here does network I/O or raises into the
+request (except `CAPIValidationError` with ``strict=True``).
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ class RequestContext:
         input is invalid (`CAPIValidationError`).
         """
         try:
-            return self._pipeline.track(
+            return self._pipeline.tracker.track(
                 self,
                 event_name,
                 user_data=user_data,
