@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import json.encoder
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,6 +69,29 @@ def build_request_body(
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _not_serializable(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# json's C encoder, made once. ``JSONEncoder.encode`` builds one per call (with a fresh dict of
+# seen containers for its circular-reference check): half the cost of encoding one event, which
+# track() pays on the request path. Without that check a circular structure ends in
+# RecursionError, which `encode_json` turns into the ValueError callers already handle.
+# Same output as ``_ENCODER`` (tests/test_request_body.py compares them).
+_C_ENCODE: Any = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if json.encoder.c_make_encoder is not None  # type: ignore[attr-defined]
+    else None
+)
+
+
 def encode_json(obj: object) -> bytes:
     """Compact UTF-8 JSON; NaN and Infinity raise ValueError (Meta refuses them)."""
-    return _ENCODER.encode(obj).encode("utf-8")
+    if _C_ENCODE is None:  # pragma: no cover - CPython has _json
+        return _ENCODER.encode(obj).encode("utf-8")
+    try:
+        return "".join(_C_ENCODE(obj, 0)).encode("utf-8")
+    except RecursionError:
+        raise ValueError("Circular reference detected") from None

@@ -102,3 +102,27 @@ def test_encode_json_refuses_nan_and_infinity(bad: float) -> None:
 def test_body_round_trips_through_encode_json() -> None:
     body = build_request_body([EVENT], access_token=TOKEN, app_secret=SECRET)
     assert json.loads(encode_json(body)) == body
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"event_name": "Purchase", "custom_data": {"value": 1e-7, "contents": [{"id": "é\u2028"}]}},
+        [1, -0.0, 10**30, "</script>", {"nested": [None, False, {}]}],
+        {"int_key_is_text": {1: "one"}},
+        "just a string",
+    ],
+)
+def test_encode_json_matches_the_standard_encoder(value: Any) -> None:
+    # encode_json calls json's C encoder directly; its bytes must be what json.dumps gives.
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert encode_json(value) == expected.encode("utf-8")
+
+
+def test_encode_json_refuses_what_json_cannot_encode() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_json({"custom_data": {"when": object()}})
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular"):
+        encode_json(circular)
