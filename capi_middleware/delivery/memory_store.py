@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -101,7 +100,7 @@ class MemoryStore:
                 if row is not None:
                     row.leased_until = 0.0
                     row.not_before = not_before
-                    row.stored = dataclasses.replace(row.stored, attempts=row.stored.attempts + 1)
+                    row.stored = row.stored._replace(attempts=row.stored.attempts + 1)
 
     def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
         """Give up on these events; the last ``keep_dead_letters`` are kept in `dead_letters`."""
