@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,10 +93,49 @@ GA4_EVENT_NAMES: Mapping[str, str] = {
 }
 
 
+class _RandomBytes:
+    """``os.urandom`` drawn 4 KiB at a time and handed out 16 bytes per event id.
+
+    ``os.urandom`` releases the GIL around its system call, so calling it on every ``track()``
+    handed the GIL to the sender thread mid-request, and the request then waited for it back for
+    up to the interpreter's switch interval (5 ms): the tail of tracked requests. One call per
+    256 ids keeps the ids from the OS's CSPRNG (an id that could be predicted would let someone
+    pre-empt our server event with a browser event of the same id) without that.
+    A forked child drops its parent's buffer, or both would hand out the same ids.
+    """
+
+    _CHUNK = 16 * 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._next = 0
+
+    def take16(self) -> bytes:
+        with self._lock:
+            start = self._next
+            if start + 16 > len(self._buffer):
+                self._buffer = os.urandom(self._CHUNK)
+                start = 0
+            self._next = start + 16
+            return self._buffer[start : start + 16]
+
+    def forget(self) -> None:
+        """In a forked child: never reuse the parent's bytes."""
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._next = 0
+
+
+_RANDOM = _RandomBytes()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RANDOM.forget)
+
+
 def new_event_id() -> str:
     """A fresh event id (uuid4 hex): unique per occurrence, as deduplication needs."""
     # uuid.uuid4().hex, without building a UUID object (a quarter of the cost).
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(_RANDOM.take16())
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return raw.hex()

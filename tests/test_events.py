@@ -6,6 +6,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -346,6 +348,44 @@ def test_generated_event_id_is_a_uuid4_hex() -> None:
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert parsed.hex == value
+
+
+def test_event_ids_stay_unique_across_threads() -> None:
+    # Ids come from a shared buffer of random bytes (events._RandomBytes): no two callers may
+    # be handed the same slice.
+    results: list[list[str]] = [[] for _ in range(8)]
+
+    def draw(out: list[str]) -> None:
+        out.extend(new_event_id() for _ in range(2000))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for out in results for i in out]
+    assert len(set(ids)) == len(ids) == 16000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_never_repeats_its_parents_event_ids() -> None:
+    new_event_id()  # the parent's buffer of random bytes is now filled
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        try:
+            os.close(read_fd)
+            os.write(write_fd, " ".join(new_event_id() for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd, "rb") as pipe:
+        child_ids = set(pipe.read().decode().split())
+    parent_ids = {new_event_id() for _ in range(50)}
+    assert len(child_ids) == 50
+    assert not child_ids & parent_ids
 
 
 def test_event_id_given_is_kept() -> None:
