@@ -35,6 +35,7 @@ from capi_middleware.validation import (
     _is_int,
     _validate,
     is_too_old,
+    size_problem,
     validate_event,
 )
 
@@ -222,10 +223,13 @@ class BuildResult:
     Parameters:
         event: the event, or None when a fatal problem was found.
         problems: every problem, fatal (event refused) and not (a user-data value dropped).
+        payload: ``encode_json(event.to_dict())``, encoded once for Meta's size limit and
+            handed to the sender as is (`Sender.submit_json`).
     """
 
     event: Event | None
     problems: tuple[Problem, ...]
+    payload: bytes | None = None  # the event's JSON as Graph receives it; None with the event
 
     @property
     def ok(self) -> bool:
@@ -355,4 +359,13 @@ def build_event(
         data_processing_options_country=ldu_country if ldu else None,
         data_processing_options_state=ldu_state if ldu else None,
     )
-    return BuildResult(event=event, problems=tuple(problems))
+    try:
+        encoded = encode_json(event.to_dict())
+    except (TypeError, ValueError) as exc:  # a value map_custom_data let through
+        problems.append(Problem("event", f"could not be encoded as JSON ({type(exc).__name__})"))
+        return BuildResult(event=None, problems=tuple(problems))
+    too_big = size_problem(len(encoded))
+    if too_big is not None:
+        problems.append(too_big)
+        return BuildResult(event=None, problems=tuple(problems))
+    return BuildResult(event=event, problems=tuple(problems), payload=encoded)

@@ -166,8 +166,13 @@ class Tracker:
             return TrackResult(status="dry_run", **result_args)
 
         sender = pipeline.sender()
-        outcome = sender.submit(
-            event.to_dict(), durable=config.durable if durable is None else durable
+        assert built.payload is not None  # build_event encodes every event it returns
+        outcome = sender.submit_json(
+            built.payload,
+            event_id=event.event_id,
+            event_time=event.event_time,
+            action_source=event.action_source,
+            durable=config.durable if durable is None else durable,
         )
         if outcome.dropped or outcome.accepted == 0:
             # Queue full, sender closed or no pixel configured: counted by the sender too.

@@ -33,6 +33,7 @@ __all__ = [
     "SUBCODE_TOO_LITTLE_USER_DATA",
     "SUBCODE_TOO_OLD",
     "is_too_old",
+    "size_problem",
     "validate_event",
 ]
 
@@ -424,60 +425,18 @@ def _validate(event: Mapping[str, Any], now: float, *, built: bool) -> list[Prob
         else:
             _check_user_data(event, action_source, problems)
         _check_custom_data(event, name, problems, walk=not built)
-        if not any(p.fatal for p in problems):
-            if built and _built_size_bound(event) <= MAX_EVENT_BYTES:
-                return problems  # the common case: far below the limit, no need to encode
-            size = len(encode_json(event))
-            if size > MAX_EVENT_BYTES:
-                problems.append(
-                    Problem("event", f"is {size} bytes as JSON; Meta's limit is {MAX_EVENT_BYTES}")
-                )
+        if not built and not any(p.fatal for p in problems):
+            # build_event checks the size of the bytes it encodes for sending (size_problem).
+            problem = size_problem(len(encode_json(event)))
+            if problem is not None:
+                problems.append(problem)
     except Exception as exc:  # junk we did not foresee (a broken Mapping): report, never raise
         problems.append(Problem("event", f"could not be validated ({type(exc).__name__})"))
     return problems
 
 
-# One character costs at most 6 bytes of our JSON (a \\uXXXX escape; UTF-8 needs at most 4).
-_MAX_BYTES_PER_CHAR = 6
-_BOUND_OVERHEAD = 1024  # every key name, quote, comma and number of a built event, generously
-_BOUNDED_STRING_FIELDS = ("event_name", "event_id", "event_source_url", "referrer_url")
-
-
-def _built_size_bound(event: Mapping[str, Any]) -> int:
-    """An upper bound of a built event's JSON size, cheaper than encoding it all.
-
-    Built user_data holds only strings and lists of strings (normalize's contract): count
-    their characters. custom_data, shaped freely by the app, is encoded (it is usually small).
-    Returns a number over the limit when unsure, so the caller encodes for the exact size.
-    """
-    chars = 0
-    for value in event["user_data"].values():
-        if isinstance(value, str):
-            chars += len(value)
-        elif isinstance(value, list):
-            for item in value:
-                chars += len(item) + 3 if isinstance(item, str) else MAX_EVENT_BYTES
-        else:
-            return MAX_EVENT_BYTES + 1
-    for key in _BOUNDED_STRING_FIELDS:
-        value = event.get(key)
-        if isinstance(value, str):
-            chars += len(value)
-    total = _BOUND_OVERHEAD + _MAX_BYTES_PER_CHAR * chars
-    custom_data = event.get("custom_data")
-    if custom_data and total <= MAX_EVENT_BYTES:
-        total += _flat_size_bound(custom_data)
-    return total
-
-
-def _flat_size_bound(custom_data: Mapping[str, Any]) -> int:
-    """Bound a flat custom_data (value, currency, ...) by counting; encode anything nested."""
-    chars = 0
-    for key, value in custom_data.items():
-        if isinstance(value, str):
-            chars += len(key) + len(value)
-        elif isinstance(value, (int, float)) or value is None:
-            chars += len(key) + 8  # 8 chars = 48 bytes: more than any number takes (24)
-        else:
-            return len(encode_json(custom_data))
-    return _MAX_BYTES_PER_CHAR * chars + 4 * len(custom_data) + 2
+def size_problem(size: int) -> Problem | None:
+    """The fatal problem of an event whose JSON is ``size`` bytes, None within Meta's limit."""
+    if size <= MAX_EVENT_BYTES:
+        return None
+    return Problem("event", f"is {size} bytes as JSON; Meta's limit is {MAX_EVENT_BYTES}")

@@ -7,6 +7,7 @@ Waits are bounded polls and events (never a bare sleep that asserts timing).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -720,6 +721,36 @@ def test_get_sender_is_one_per_config(fake_graph: FakeGraphAPI) -> None:
         c.close(1)
     finally:
         a.close(1)
+
+
+# -- submit_json ------------------------------------------------------------------------------
+
+
+def test_submit_json_sends_the_given_bytes_once_per_destination(
+    fake_graph: FakeGraphAPI, make_sender: Callable[..., Sender]
+) -> None:
+    # track()'s path: build_event encoded the event already; the sender must not re-encode it.
+    sender = make_sender()
+    event = make_event()
+    payload = json.dumps(event, separators=(",", ":")).encode()
+    status = sender.submit_json(
+        payload,
+        event_id=event["event_id"],
+        event_time=event["event_time"],
+        action_source="website",
+    )
+    assert status.ok
+    assert status.accepted == 1
+    assert sender.flush(WAIT)
+    assert_exactly_once(fake_graph, [event["event_id"]])
+    assert payload in fake_graph.requests[-1].body
+    assert assert_balanced(sender.stats()).delivered == 1
+    sender.close(WAIT)
+    closed = sender.submit_json(
+        payload, event_id=event["event_id"], event_time=event["event_time"], action_source="website"
+    )
+    assert (closed.accepted, closed.reason) == (0, "closed")
+    assert assert_balanced(sender.stats()).dropped == {"closed": 1}
 
 
 # -- fork ---------------------------------------------------------------------------------------

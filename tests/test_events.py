@@ -906,8 +906,17 @@ def test_build_refuses_event_over_64kb() -> None:
     assert only_problem(result.problems).field == "event"
 
 
+def test_built_event_carries_its_json_for_the_sender() -> None:
+    result = build(custom_data={"value": 5, "currency": "USD"})
+    assert result.event is not None
+    assert result.payload == encode_json(result.event.to_dict())
+    refused = build(custom_data={"value": "five", "currency": "USD"})
+    assert refused.event is None
+    assert refused.payload is None
+
+
 def test_event_just_under_64kb_is_accepted() -> None:
-    # Bigger than the quick size bound, smaller than the limit: the exact size decides.
+    # Close to the limit: the exact size of the encoded event decides.
     result = build(custom_data={"value": 5, "currency": "USD", "note": "x" * 60_000})
     assert result.ok, result.problems
     assert result.event is not None

@@ -176,6 +176,7 @@ class Sender:
         self._halt = False
         self._retired = False  # close() swapped the store out: late answers change nothing
         self._thread: threading.Thread | None = None
+        self._worker_running = False
         self._client: GraphClient | None = None
         self._paused_until = 0.0  # monotonic: the whole sender waits (rate limited)
         self._paused_until_wall: float | None = None
@@ -230,7 +231,34 @@ class Sender:
             logger.exception("capi_middleware: submit failed; the event is dropped")
             return SubmitStatus(0, len(self._destinations), DropReason.STORE_ERROR)
 
-    def _submit(self, event: Mapping[str, Any], *, durable: bool) -> SubmitStatus:
+    def submit_json(
+        self,
+        payload: bytes,
+        *,
+        event_id: str,
+        event_time: int,
+        action_source: str,
+        durable: bool = False,
+    ) -> SubmitStatus:
+        """`submit` for an event already encoded (``BuildResult.payload``): no second encoding.
+
+        ``payload`` must be the JSON of a built event whose fields are the ones given.
+        """
+        try:
+            refused = self._refused()
+            if refused is not None:
+                return refused
+            new = [
+                NewEvent(d.pixel_id, payload, event_id, event_time, action_source)
+                for d in self._destinations
+            ]
+            return self._queue(new, durable)
+        except Exception:
+            logger.exception("capi_middleware: submit failed; the event is dropped")
+            return SubmitStatus(0, len(self._destinations), DropReason.STORE_ERROR)
+
+    def _refused(self) -> SubmitStatus | None:
+        """Why nothing can be queued right now (no destination, closed), else None."""
         self._check_pid()
         copies = len(self._destinations)
         if copies == 0:
@@ -243,6 +271,18 @@ class Sender:
                 self._submit_counts.enqueued += copies
                 self._submit_counts.dropped[DropReason.CLOSED] += copies
             return SubmitStatus(0, copies, DropReason.CLOSED)
+        return None
+
+    def _queue(self, new: Sequence[NewEvent], durable: bool) -> SubmitStatus:
+        status = self._put_now(new) if durable and self._store.durable else self._enqueue(new)
+        self._ensure_worker()
+        return status
+
+    def _submit(self, event: Mapping[str, Any], *, durable: bool) -> SubmitStatus:
+        refused = self._refused()
+        if refused is not None:
+            return refused
+        copies = len(self._destinations)
         try:
             payload = encode_json(event)
             # A Mapping that raises here is caught by submit(); built events never do.
@@ -269,9 +309,7 @@ class Sender:
             NewEvent(d.pixel_id, payload, event_id, event_time, action_source)
             for d in self._destinations
         ]
-        status = self._put_now(new) if durable and self._store.durable else self._enqueue(new)
-        self._ensure_worker()
-        return status
+        return self._queue(new, durable)
 
     def _enqueue(self, new: Sequence[NewEvent]) -> SubmitStatus:
         limit = self._config.max_queue
@@ -316,18 +354,22 @@ class Sender:
         return SubmitStatus(accepted, lost, reason if lost else None)
 
     def _ensure_worker(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
+        # A flag the worker clears as it exits, not Thread.is_alive() (which takes a lock):
+        # this runs on every submit.
+        if self._worker_running:
             return
         with self._start_lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            if self._closed:
+            if self._worker_running or self._closed:
                 return
             self._thread = threading.Thread(
                 target=self._run, name="capi-middleware-sender", daemon=True
             )
-            self._thread.start()
+            self._worker_running = True
+            try:
+                self._thread.start()
+            except BaseException:
+                self._worker_running = False  # the next submit tries again
+                raise
 
     # -- reading --------------------------------------------------------------------------
 
@@ -482,6 +524,12 @@ class Sender:
     # -- the worker -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._worker_running = False
+
+    def _work(self) -> None:
         while True:
             try:
                 if self._cycle():
