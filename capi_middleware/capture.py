@@ -65,6 +65,11 @@ _COOKIE_MEMO_SIZE = 1024
 _OUTCOME_MEMO_SIZE = 2048
 _COOKIE_MEMO_MAX_CHARS = 2048
 
+# From this Cookie header length on, capture searches it for the cookies it reads instead of
+# parsing it whole (about 10 cookies; measured: 4 cookies parse in 1.3 µs and are found in 2.7,
+# 25 cookies parse in 8.8 µs and are found in 5.1).
+_SEARCH_COOKIES_FROM_CHARS = 400
+
 _FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
 
 
@@ -133,6 +138,7 @@ class CapturePipeline:
         self._outcome_memo_on = reads is not None and raw_names is not None and not self._has_trust
         names = reads.cookies if reads is not None else ()
         self._consent_cookies = names
+        self._wanted_cookies = (*names, cookie_rules.FBC_COOKIE, cookie_rules.FBP_COOKIE)
         self._no_cookies = _CookieFacts(None, (None,) * len(names), None, None)
         self._cookie_memo: dict[str, _CookieFacts] = {}
         # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
@@ -494,12 +500,21 @@ class CapturePipeline:
         facts = self._cookie_memo.get(header)
         if facts is None:
             if self._consent_cookie_names.search(header) or "_fb" in header:
-                cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
+                # A long header (a typical shop's holds 20-40 cookies) costs less to search for
+                # the few cookies capture reads than to parse whole; ctx.cookies parses it if the
+                # app or a consent policy reads it. A short one is parsed at once, which is
+                # cheaper than searching it (bench/overhead.py has both shapes).
+                cookies: Mapping[str, str] | None = None
+                found: Mapping[str, str] | None = None
+                if len(header) > _SEARCH_COOKIES_FROM_CHARS:
+                    found = cookie_rules.find_cookies(header, self._wanted_cookies)
+                if found is None:
+                    found = cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
                 facts = _CookieFacts(
                     cookies,
-                    tuple(map(cookies.get, self._consent_cookies)),
-                    cookies.get(cookie_rules.FBC_COOKIE),
-                    cookies.get(cookie_rules.FBP_COOKIE),
+                    tuple(map(found.get, self._consent_cookies)),
+                    found.get(cookie_rules.FBC_COOKIE),
+                    found.get(cookie_rules.FBP_COOKIE),
                 )
             else:
                 facts = self._no_cookies

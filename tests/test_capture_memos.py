@@ -11,6 +11,7 @@ from capi_middleware import page_url
 from capi_middleware.capture import CapturePipeline
 from capi_middleware.config import CAPIConfig
 from capi_middleware.context import RequestContext
+from capi_middleware.cookies import parse_cookie_header
 
 DAY_MS = 24 * 3600 * 1000
 NOW_MS = 1_700_000_000_000
@@ -79,3 +80,25 @@ def test_a_cookie_judged_by_the_clock_is_judged_again_later(
     clock[0] += 2 * DAY_MS / 1000
     assert getattr(capture(pipeline(consent=consent), path, headers), attribute) == ahead  # fresh
     assert getattr(capture(pipe, path, headers), attribute) == ahead  # a memoized one agrees
+
+
+@pytest.mark.parametrize("path", ["asgi", "wsgi"])
+@pytest.mark.parametrize("padding", [0, 40])
+def test_a_long_cookie_header_is_read_as_a_short_one(path: str, padding: int) -> None:
+    # A long Cookie header is searched for capture's few cookies rather than parsed whole
+    # (capture._SEARCH_COOKIES_FROM_CHARS); what capture decides and ctx.cookies must not change.
+    now_ms = int(time.time() * 1000)
+    fbp, fbc = f"fb.1.{now_ms - DAY_MS}.123456", f"fb.1.{now_ms - DAY_MS}.IwAR1"
+    filler = "; ".join(f"analytics_{i}=value-{i:04d}" for i in range(padding))
+    header = "; ".join(
+        part
+        for part in (filler, "_fbp= " + fbp, "cookie_consent=accept", f'_fbc="{fbc}"', "_fbp=x")
+        if part
+    )
+    assert (len(header) > 400) == (padding > 0)
+    ctx = capture(pipeline(consent=None), path, {"cookie": header, "sec-fetch-dest": "document"})
+    assert ctx.consent.granted
+    assert (ctx.fbp, ctx.fbc) == (fbp, fbc)  # first _fbp wins, quotes and spaces stripped
+    assert dict(ctx.cookies) == parse_cookie_header(header)
+    assert len(ctx.cookies) == padding + 3
+    assert sorted(c.split("=", 1)[0] for c in ctx.take_set_cookies()) == ["_fbc", "_fbp"]

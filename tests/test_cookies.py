@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from capi_middleware.cookies import (
     cookie_domain_for,
     extract_fbclid,
     fbc_click_id,
+    find_cookies,
     is_valid_fbc,
     is_valid_fbp,
     mint_fbc,
@@ -177,6 +179,43 @@ def test_fbc_click_id(value: str, click_id: str) -> None:
 )
 def test_parse_cookie_header(header: str, expected: dict[str, str]) -> None:
     assert parse_cookie_header(header) == expected
+
+
+def _generated_cookie_headers(count: int) -> list[str]:
+    """Cookie headers built from the pieces that trip parsers: padding (including the
+    non-ASCII whitespace str.strip() removes), quotes, empty and nameless chunks, repeated and
+    look-alike names, "=" inside values."""
+    rng = random.Random(20261129)
+    names = ["_fbp", "_fbc", "cookie_consent", "_fbpx", "x_fbp", "", "a", "_FBP", "consent"]
+    pads = ["", " ", "  ", "\t", "\xa0", "\x85", "\x0b"]
+    values = ["", "1", '"q"', '"', "fb.1.2.3", "a=b", "  v  ", '""', "x\xa0"]
+    headers = []
+    for _ in range(count):
+        chunks = []
+        for _ in range(rng.randint(0, 8)):
+            name, value = rng.choice(names), rng.choice(values)
+            pad = rng.choice(pads)
+            if rng.random() < 0.1:
+                chunks.append(pad + value)  # no "=" at all
+            else:
+                chunks.append(f"{pad}{name}{rng.choice(pads)}={rng.choice(pads)}{value}{pad}")
+        headers.append(rng.choice([";", "; ", " ;"]).join(chunks))
+    return headers
+
+
+def test_find_cookies_agrees_with_parse_cookie_header() -> None:
+    # capture picks out its few cookies with find_cookies; the answer must be the full parse's.
+    wanted = ("_fbp", "_fbc", "cookie_consent")
+    for header in _generated_cookie_headers(3000):
+        parsed = parse_cookie_header(header)
+        expected = {name: parsed[name] for name in wanted if name in parsed}
+        assert find_cookies(header, wanted) == expected, repr(header)
+
+
+def test_find_cookies_leaves_oversized_headers_to_the_full_parse() -> None:
+    assert find_cookies("a=1;" * 400, ("a",)) is None  # more pairs than parse looks at
+    assert find_cookies("a=" + "x" * 40_000, ("a",)) is None
+    assert find_cookies("a=1; =2; b=3", ("", "b", " a", "c=d")) == {"b": "3"}
 
 
 def test_parse_cookie_header_non_string() -> None:
