@@ -11,15 +11,18 @@ from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
 __all__ = ["MemoryStore"]
 
 
-class _Row:
-    """One held event: its `StoredEvent` (built once, handed out by every claim) and timers."""
+# One held event is a plain tuple of strings and numbers:
+#     (pixel_id, payload, event_id, event_time, action_source, attempts, not_before, leased_until)
+# not an object: CPython's cyclic garbage collector stops tracking such a tuple after its first
+# collection (exact tuples of untracked items only; a NamedTuple subclass stays tracked), so a
+# backlog of 100,000 events (an outage) adds nothing to every later full collection, which
+# pauses every request of the process (measured: 30 ms -> 3 ms per full collection).
+# `claim` builds the StoredEvent objects of the batch it hands out.
+_Row = tuple[str, bytes, str, int, str, int, float, float]
 
-    __slots__ = ("leased_until", "not_before", "stored")
 
-    def __init__(self, stored: StoredEvent) -> None:
-        self.stored = stored
-        self.not_before = 0.0
-        self.leased_until = 0.0  # 0: not leased
+def _stored(row_id: int, row: _Row) -> StoredEvent:
+    return StoredEvent(row_id, row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 class MemoryStore:
@@ -59,12 +62,15 @@ class MemoryStore:
             rows = self._rows
             row_id = self._next_id
             for e in accepted:
-                # The StoredEvent is built here, once: claims (one per batch, more on retries)
-                # hand out the same immutable object instead of building one per claim.
-                rows[row_id] = _Row(
-                    StoredEvent(
-                        row_id, e.pixel_id, e.payload, e.event_id, e.event_time, e.action_source, 0
-                    )
+                rows[row_id] = (
+                    e.pixel_id,
+                    e.payload,
+                    e.event_id,
+                    e.event_time,
+                    e.action_source,
+                    0,
+                    0.0,
+                    0.0,
                 )
                 row_id += 1
             self._next_id = row_id
@@ -77,11 +83,13 @@ class MemoryStore:
             return out
         until = now + lease_seconds
         with self._lock:
-            for row in self._rows.values():
-                if row.not_before > now or row.leased_until > now:
+            rows = self._rows
+            for row_id, row in rows.items():
+                if row[6] > now or row[7] > now:  # not_before, leased_until
                     continue
-                row.leased_until = until
-                out.append(row.stored)
+                # A new lease; same keys, so iterating on is safe.
+                rows[row_id] = (row[0], row[1], row[2], row[3], row[4], row[5], row[6], until)
+                out.append(_stored(row_id, row))
                 if len(out) >= limit:
                     break
         return out
@@ -95,12 +103,21 @@ class MemoryStore:
     def retry(self, ids: Sequence[int], *, not_before: float) -> None:
         """Release the leases; the events become due at ``not_before``; attempts += 1."""
         with self._lock:
+            rows = self._rows
             for row_id in ids:
-                row = self._rows.get(row_id)
+                row = rows.get(row_id)
                 if row is not None:
-                    row.leased_until = 0.0
-                    row.not_before = not_before
-                    row.stored = row.stored._replace(attempts=row.stored.attempts + 1)
+                    attempts = row[5] + 1
+                    rows[row_id] = (
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        row[4],
+                        attempts,
+                        not_before,
+                        0.0,
+                    )
 
     def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
         """Give up on these events; the last ``keep_dead_letters`` are kept in `dead_letters`."""
@@ -108,7 +125,7 @@ class MemoryStore:
             for row_id in ids:
                 row = self._rows.pop(row_id, None)
                 if row is not None:
-                    self._dead.append((row.stored, letter))
+                    self._dead.append((_stored(row_id, row), letter))
 
     def backlog(self) -> int:
         """Events held, leased ones included."""
@@ -118,7 +135,7 @@ class MemoryStore:
     def next_due(self) -> float | None:
         """When the next event becomes claimable (``not_before`` or its lease's end), or None."""
         with self._lock:
-            due = [max(r.not_before, r.leased_until) for r in self._rows.values()]
+            due = [max(r[6], r[7]) for r in self._rows.values()]  # not_before, leased_until
         return min(due) if due else None
 
     def close(self) -> None:
