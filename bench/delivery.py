@@ -1,7 +1,7 @@
 """Delivery benchmark: this sender versus Meta's Python SDK, against the same local fake.
 
     python bench/delivery.py [--events 20000] [--sdk-single 2000] [--p99-requests 2000]
-                             [--rounds 5] [--no-p99]
+                             [--rounds 5] [--p99-rounds 5] [--no-p99]
 
 The fake Graph API (``capi_middleware.testing.FakeGraphAPI``, real HTTP on 127.0.0.1, per-event
 checks off so it only parses and counts) runs in a child process, so neither sender shares a GIL
@@ -239,9 +239,9 @@ async def _shop(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"thanks"})
 
 
-def p99_with_slow_meta(fake_url: str, requests_n: int) -> tuple[float, float, float, int]:
+def p99_with_slow_meta(fake_url: str, requests_n: int) -> tuple[float, float, float, float, int]:
     """p50 and p99 (ms) of app requests calling track() while each Graph answer takes 1.5 s,
-    and p99 (ms) of the same app's requests that do not call it, interleaved in one run."""
+    and p50 and p99 (ms) of the same app's requests that do not call it, interleaved."""
     from capi_middleware.asgi import CAPIMiddleware
 
     app = CAPIMiddleware(
@@ -274,8 +274,8 @@ def p99_with_slow_meta(fake_url: str, requests_n: int) -> tuple[float, float, fl
     delivered = stats.delivery.delivered if stats.delivery is not None else 0
     app.close(5)
     quantiles = statistics.quantiles(latencies, n=100)
-    baseline_p99 = statistics.quantiles(baseline, n=100)[98]
-    return quantiles[49] * 1000, quantiles[98] * 1000, baseline_p99 * 1000, delivered
+    plain = statistics.quantiles(baseline, n=100)
+    return quantiles[49] * 1000, quantiles[98] * 1000, plain[49] * 1000, plain[98] * 1000, delivered
 
 
 def sdk_inline_latency(fake_url: str, requests_n: int) -> float:
@@ -297,6 +297,7 @@ def main() -> None:
     parser.add_argument("--p99-requests", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians)")
     parser.add_argument("--no-p99", action="store_true", help="skip the 1.5 s latency part")
+    parser.add_argument("--p99-rounds", type=int, default=5, help="rounds of the latency part")
     parser.add_argument("--serve-fake", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake is not None:
@@ -334,17 +335,30 @@ def main() -> None:
     print(f"    median of the rounds' own (2) ratios: {paired:.2f}x")
     if args.no_p99:
         return
+    # A p99 rests on the slowest 1% of requests, which a busy machine moves a lot: several
+    # rounds, each with its own ratio, and their median.
+    p99_rounds = []
     with fake_process(latency=1.5) as slow_url:
-        p50, p99, p99_plain, delivered = p99_with_slow_meta(slow_url, args.p99_requests)
+        for r in range(1, args.p99_rounds + 1):
+            p50, p99, p50_plain, p99_plain, delivered = p99_with_slow_meta(
+                slow_url, args.p99_requests
+            )
+            p99_rounds.append((p50, p99, p50_plain, p99_plain))
+            print(
+                f"(3) round {r}: calling track() p50 {p50:.3f} ms, p99 {p99:.3f} ms; not calling "
+                f"it p50 {p50_plain:.3f} ms, p99 {p99_plain:.3f} ms; p99 ratio "
+                f"{p99 / p99_plain:.2f}x ({args.p99_requests} requests each, {delivered} events "
+                "delivered after flush)",
+                flush=True,
+            )
         inline = sdk_inline_latency(slow_url, 4)
+    p50_ratio = statistics.median(x[0] / x[2] for x in p99_rounds)
+    p99_ratio = statistics.median(x[1] / x[3] for x in p99_rounds)
+    added = statistics.median(x[0] - x[2] for x in p99_rounds) * 1000
     print(
-        f"(3) app requests calling track() while Meta answers in 1.5 s: "
-        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({args.p99_requests} requests, "
-        f"{delivered} events delivered after flush)"
-    )
-    print(
-        f"    requests of the same app not calling it: p99 {p99_plain:.2f} ms; "
-        f"ratio {p99 / p99_plain:.2f}x   (target <= 1.1x)"
+        f"(3) while Meta answers in 1.5 s, requests calling track() against the same app's "
+        f"requests not calling it, median of {len(p99_rounds)} rounds: p99 ratio "
+        f"{p99_ratio:.2f}x (target <= 1.1x); p50 ratio {p50_ratio:.2f}x, {added:.0f} µs added"
     )
     print(f"    the SDK called inline in the request: {inline * 1000:.0f} ms per request")
 
