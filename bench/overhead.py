@@ -37,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -130,6 +131,46 @@ class NoopMiddleware:
         await self.app(scope, receive, send_wrapper)
 
 
+class SetCookieNoop(NoopMiddleware):
+    """The baseline, adding fixed Set-Cookie headers: what the server pays for the headers alone.
+
+    Given the exact values CAPIMiddleware sends for a request shape (`set_cookies_of`), it
+    separates the server's cost of serializing those headers from our own.
+    """
+
+    def __init__(self, app: ASGIApp, cookies: list[bytes]) -> None:
+        super().__init__(app)
+        self.cookies = [(b"set-cookie", cookie) for cookie in cookies]
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *self.cookies]
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def set_cookies_of(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The Set-Cookie values ``app`` answers a plain-http request with ``headers`` with."""
+    scope = {**scope_for(headers=headers), "scheme": "http", "server": ("127.0.0.1", 80)}
+    sent: list[bytes] = []
+
+    async def capture_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            sent.extend(v for k, v in message["headers"] if k == b"set-cookie")
+
+    # uvicorn calls factories inside its running loop: run this one request in a thread.
+    worker = threading.Thread(target=asyncio.run, args=(app(scope, _receive, capture_send),))
+    worker.start()
+    worker.join()
+    return sent
+
+
 def capi(app: ASGIApp, **options: Any) -> CAPIMiddleware:
     options.setdefault("consent", True)  # the costly path: cookies planned and set
     options.setdefault("dry_run", True)
@@ -149,6 +190,17 @@ def make_capi() -> Any:
 def make_capi_granted() -> Any:
     # consent=True: consent is not required here, cookies are set for everyone.
     return capi(hello, consent=True)
+
+
+def make_bare_b1_cookies() -> Any:
+    # Scenario b1's response headers without our code: _fbc and _fbp as we re-send them.
+    headers = [*NAVIGATION_HEADERS, (b"cookie", COOKIES)]
+    return SetCookieNoop(hello, set_cookies_of(make_capi(), headers))
+
+
+def make_bare_c_cookies() -> Any:
+    # Scenario c's: one freshly minted _fbp (same length as any other).
+    return SetCookieNoop(hello, set_cookies_of(make_capi_granted(), NAVIGATION_HEADERS))
 
 
 # -- part 1: direct calls ------------------------------------------------------------------------
