@@ -593,7 +593,8 @@ def run_server(
         name: {side: [] for side in sides} for name in scenarios
     }
     # The server's own CPU time per answered request (µs), read from the kernel around each
-    # run: unlike requests/s it does not move when another process takes the core for a while.
+    # run: a check on requests/s (a saturated core serves 1 / CPU time per request). On the
+    # shared development VM it moved just as much; bench/instructions.py does not.
     cpu: dict[str, dict[str, list[float]]] = {
         name: {side: [] for side in sides} for name in scenarios
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import threading
 import time
 import traceback
@@ -144,10 +143,6 @@ class CapturePipeline:
         # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
         # they depend on is in the key: a built-in policy and no trusted proxies.
         self._outcomes: dict[tuple[Any, ...], _Outcome] = {}
-        # One C-speed scan for "is any of the policy's cookie names in the Cookie header?"
-        self._consent_cookie_names = re.compile(
-            "|".join(re.escape(name) for name in names) if names else "(?!)"
-        )
         self._sender: Sender | None = None
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
@@ -499,7 +494,9 @@ class CapturePipeline:
         """
         facts = self._cookie_memo.get(header)
         if facts is None:
-            if self._consent_cookie_names.search(header) or "_fb" in header:
+            # Substring tests (C speed; a regex alternation of the names costs several times
+            # more): a parsed name is a substring of the header, so a miss means none is there.
+            if "_fb" in header or any(name in header for name in self._consent_cookies):
                 # A long header (a typical shop's holds 20-40 cookies) costs less to search for
                 # the few cookies capture reads than to parse whole; ctx.cookies parses it if the
                 # app or a consent policy reads it. A short one is parsed at once, which is
