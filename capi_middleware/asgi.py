@@ -95,7 +95,20 @@ class CAPIMiddleware:
     def _capture(self, scope: Scope) -> RequestContext:
         pipeline = self._pipeline
         try:
-            ctx = _capture_scope(pipeline, scope)
+            # What capture needs from the scope; the rest is decoded on first use.
+            raw_path = scope.get("raw_path")
+            if not isinstance(raw_path, bytes):
+                raw_path = _raw_path_of(scope)
+            client = scope.get("client")
+            query = scope.get("query_string") or b""
+            ctx = pipeline.capture_raw(
+                peer=client[0] if client else None,
+                scheme=scope.get("scheme") or "http",
+                server=scope.get("server"),
+                raw_path=raw_path,
+                query_string=query if isinstance(query, bytes) else str(query),
+                header_map=asgi_header_map(scope.get("headers") or ()),
+            )
         except Exception as exc:
             pipeline.count("capture_errors")
             log_internal_error("request capture", exc)
@@ -186,26 +199,14 @@ def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, b
 _JOIN_LIMIT = 4 * MAX_COOKIE_HEADER_CHARS
 
 
-def _capture_scope(pipeline: CapturePipeline, scope: Scope) -> RequestContext:
-    """Read what capture needs from an ASGI http scope; the rest is decoded on first use."""
-    client = scope.get("client")
-    raw_path = scope.get("raw_path")
-    if not isinstance(raw_path, bytes):
-        path = scope.get("path") or "/"
-        root = scope.get("root_path") or ""
-        if root and not path.startswith(root):  # servers differ on whether path has it
-            path = root + path
-        # Latin-1 text of the UTF-8 bytes, percent-encoded later like the browser does.
-        raw_path = path.encode("utf-8").decode("latin-1")
-    query = scope.get("query_string") or b""
-    return pipeline.capture_raw(
-        peer=client[0] if client else None,
-        scheme=scope.get("scheme") or "http",
-        server=scope.get("server"),
-        raw_path=raw_path,
-        query_string=query if isinstance(query, bytes) else str(query),
-        header_map=asgi_header_map(scope.get("headers") or ()),
-    )
+def _raw_path_of(scope: Scope) -> str:
+    """The request path when the server gives no ``raw_path``: rebuilt from ``path``."""
+    path = scope.get("path") or "/"
+    root = scope.get("root_path") or ""
+    if root and not path.startswith(root):  # servers differ on whether path has it
+        path = root + path
+    # Latin-1 text of the UTF-8 bytes, percent-encoded later like the browser does.
+    return str(path.encode("utf-8").decode("latin-1"))
 
 
 def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipeline) -> None:

@@ -73,7 +73,7 @@ _FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-fo
 
 
 class _Outcome(NamedTuple):
-    """A request's capture outcome, reused for requests with the same key (`_outcome_key`)."""
+    """A request's capture outcome, reused for requests with the same key (see `capture_raw`)."""
 
     scheme: str  # normalized
     consent: ConsentDecision
@@ -245,41 +245,42 @@ class CapturePipeline:
         values are decoded only when read, and capped then. ``raw_path`` and ``query_string``
         may be the scope's bytes (a raw path may still carry the query), decoded when needed.
         """
+        # Whether this request's capture outcome can be reused, and its key. Without an fbclid
+        # (query or Referer) and without trusted proxies, the consent decision, the visitor's
+        # kept cookies and what to mint depend only on the raw Cookie and Host headers, the
+        # scheme and the headers the consent policy declares. Inline: this runs on every ASGI
+        # request; the raw Cookie and Referer read here are handed on.
         key = None
-        if self._outcome_memo_on and isinstance(query_string, bytes):
-            key = self._outcome_key(header_map, scheme, query_string)
-            if key is not None:
+        if (
+            self._outcome_memo_on
+            and isinstance(query_string, bytes)
+            and b"fbclid" not in query_string
+        ):
+            get = header_map.get
+            cookie = get(b"cookie")
+            referer = get(b"referer")
+            host = get(b"host")
+            if (
+                (referer is None or b"fbclid" not in referer)
+                and (cookie is None or len(cookie) <= _COOKIE_MEMO_MAX_CHARS)
+                and host is not None
+                and len(host) <= MAX_HOST_CHARS
+            ):
+                names = self._consent_raw_headers
+                key = (cookie, host, scheme, *map(get, names)) if names else (cookie, host, scheme)
                 outcome = self._outcomes.get(key)
                 if outcome is not None:
-                    return self._replay(outcome, header_map, peer, server, raw_path, query_string)
+                    return self._replay(
+                        outcome, header_map, cookie, referer, peer, server, raw_path, query_string
+                    )
         return self._capture(header_map, _EMPTY, peer, scheme, server, raw_path, query_string, key)
-
-    def _outcome_key(
-        self, header_map: Mapping[bytes, bytes], scheme: str, query_string: bytes
-    ) -> tuple[Any, ...] | None:
-        """What a request's capture outcome depends on, or None when it cannot be reused.
-
-        Without an fbclid (query or Referer) and without trusted proxies, the consent decision,
-        the visitor's kept cookies and what to mint depend only on the raw Cookie and Host
-        headers, the scheme and the headers the consent policy declares.
-        """
-        if b"fbclid" in query_string:
-            return None
-        referer = header_map.get(b"referer")
-        if referer is not None and b"fbclid" in referer:
-            return None
-        cookie = header_map.get(b"cookie")
-        if cookie is not None and len(cookie) > _COOKIE_MEMO_MAX_CHARS:
-            return None
-        host = header_map.get(b"host")
-        if host is None or len(host) > MAX_HOST_CHARS:
-            return None
-        return (cookie, host, scheme, *map(header_map.get, self._consent_raw_headers or ()))
 
     def _replay(
         self,
         outcome: _Outcome,
         header_map: Mapping[bytes, bytes],
+        raw_cookie: bytes | None,
+        raw_referer: bytes | None,
         peer: str | None,
         server: Sequence[Any] | None,
         raw_path: str | bytes,
@@ -295,9 +296,9 @@ class CapturePipeline:
         ctx._raw_path = raw_path
         ctx._query_string = query_string
         ctx.secure = outcome.scheme == "https"
-        raw = header_map.get(b"cookie")
+        raw = raw_cookie
         ctx._cookie_header = raw[:MAX_COOKIE_HEADER_CHARS].decode("latin-1") if raw else None
-        raw = header_map.get(b"referer")
+        raw = raw_referer
         ctx._referer = raw[:MAX_HEADER_CHARS].decode("latin-1") if raw is not None else None
         if outcome.cookies is not None:
             ctx._cookies = outcome.cookies
