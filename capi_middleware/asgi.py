@@ -167,12 +167,20 @@ def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, b
     Servers send lowercase names, and repeats are rare: then ``dict()`` does it at C speed.
     Otherwise names are lowercased and repeats joined (``"; "`` for Cookie, which HTTP/2
     splits into several fields; ``", "`` for the rest), each capped as capture caps them.
+
+    A lowercase ``host`` (every HTTP/1.1 request has one; HTTP/2 servers map ``:authority`` to
+    it) is taken as the sign of a server that lowercases every name, as ASGI asks and uvicorn,
+    hypercorn, daphne and granian do; without it every name is checked. A server that kept a
+    client's case shows it on Host too (browsers, curl and HTTP libraries send ``Host``). The
+    full check costs 4,500 instructions, a seventh of capture on a memoized request.
     """
     if not isinstance(raw_headers, (list, tuple)):
         raw_headers = list(raw_headers)
     try:
         header_map = dict(raw_headers)
-        if len(header_map) == len(raw_headers) and b"".join(header_map).islower():
+        if len(header_map) == len(raw_headers) and (
+            b"host" in header_map or b"".join(header_map).islower()
+        ):
             return header_map
     except (TypeError, ValueError):
         pass

@@ -320,6 +320,28 @@ async def test_header_names_any_case_and_repeats_joined() -> None:
     assert ctx.header("X-THING") == "one, two"
 
 
+async def test_a_server_that_keeps_the_clients_header_case() -> None:
+    # No repeats, so only the case tells: "Host" as a browser sends it over HTTP/1.1 is the sign
+    # that names were not lowercased (asgi_header_map), and every name is then lowercased.
+    _, ctx = await call(
+        bare(),
+        http_scope(
+            headers=[
+                (b"Host", b"shop.example.com"),
+                (b"User-Agent", b"Mozilla/5.0 (X11) Firefox/130.0"),
+                (b"Cookie", b"_fbp=fb.1.1700000000000.77; a=1"),
+                (b"Referer", b"https://www.google.com/"),
+            ]
+        ),
+    )
+    assert ctx.fbp == "fb.1.1700000000000.77"
+    assert ctx.cookies["a"] == "1"
+    assert ctx.user_agent == "Mozilla/5.0 (X11) Firefox/130.0"
+    assert ctx.referrer_url == "https://www.google.com/"
+    assert ctx.event_source_url is not None
+    assert ctx.event_source_url.startswith("https://shop.example.com/")
+
+
 async def test_broken_scope_still_reaches_the_app_with_an_error_context() -> None:
     # Headers that are not a list of pairs: our capture fails, the app still runs.
     middleware = bare()
