@@ -44,9 +44,18 @@ def test_repr_never_shows_secrets() -> None:
         ({"pixel_id": "123", "access_token": "  "}, "access_token"),
         ({"pixel_id": "1", "access_token": TOKEN, "graph_url": "ftp://x"}, "graph_url"),
         ({"pixel_id": "1", "access_token": TOKEN, "api_version": "26"}, "api_version"),
-        ({"pixel_id": "1", "access_token": TOKEN, "trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies"),
-        ({"pixel_id": "1", "access_token": TOKEN, "trusted_proxies": ["proxy.local"]}, "trusted_proxies"),
-        ({"pixel_id": "1", "access_token": TOKEN, "cookie_domain": "exa mple.com"}, "cookie_domain"),
+        (
+            {"pixel_id": "1", "access_token": TOKEN, "trusted_proxies": ["10.0.0.0/33"]},
+            "trusted_proxies",
+        ),
+        (
+            {"pixel_id": "1", "access_token": TOKEN, "trusted_proxies": ["proxy.local"]},
+            "trusted_proxies",
+        ),
+        (
+            {"pixel_id": "1", "access_token": TOKEN, "cookie_domain": "exa mple.com"},
+            "cookie_domain",
+        ),
         ({"pixel_id": "1", "access_token": TOKEN, "default_country": "USA"}, "default_country"),
         ({"pixel_id": "1", "access_token": TOKEN, "consent": "yes"}, "consent"),
         ({"pixel_id": "1", "access_token": TOKEN, "batch_size": 1001}, "batch_size"),
