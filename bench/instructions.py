@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from overhead import SERVER_SCENARIOS, _request, free_port
+from overhead import SERVER_SCENARIOS, _request, free_port, uvicorn_command
 
 HERE = Path(__file__).resolve().parent
 # Scenarios whose responses carry our Set-Cookie headers -> the bare app sending the same ones.
@@ -52,20 +52,7 @@ def serve_and_count(factory: str, request: bytes, answers: int) -> int:
                 f"--callgrind-out-file={out}",
                 "--dump-line=no",
                 "--compress-strings=no",
-                sys.executable,
-                "-m",
-                "uvicorn",
-                f"overhead:{factory}",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--lifespan",
-                "on",
+                *uvicorn_command(factory, port),
             ],
             env=env,
             stdout=subprocess.DEVNULL,

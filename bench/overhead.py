@@ -396,6 +396,26 @@ def pin(cpu: int) -> list[str]:
     return [taskset, "-c", str(cpu)] if taskset and (os.cpu_count() or 1) >= 2 else []
 
 
+def uvicorn_command(factory: str, port: int) -> list[str]:
+    """Serve ``overhead:factory`` on 127.0.0.1:port: one worker, h11, no access log, lifespan."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"overhead:{factory}",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--lifespan",
+        "on",
+    ]
+
+
 def start_uvicorn(
     factory: str, port: int, package_dir: str | None = None
 ) -> subprocess.Popen[bytes]:
@@ -403,26 +423,7 @@ def start_uvicorn(
     here = Path(__file__).resolve().parent
     path = [*([package_dir] if package_dir else []), str(here), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    proc = subprocess.Popen(
-        [
-            *pin(1),
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"overhead:{factory}",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--lifespan",
-            "on",
-        ],
-        env=env,
-    )
+    proc = subprocess.Popen([*pin(1), *uvicorn_command(factory, port)], env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
