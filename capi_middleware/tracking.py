@@ -18,6 +18,7 @@ from capi_middleware import events as event_rules
 from capi_middleware.context import TrackResult, TrackStatus
 from capi_middleware.enhancement import EnhancementCookie, Remembered, remembered_from_user_data
 from capi_middleware.errors import CAPIValidationError, Problem
+from capi_middleware.frozen import new_frozen
 
 if TYPE_CHECKING:
     from capi_middleware.capture import CapturePipeline
@@ -163,7 +164,7 @@ class Tracker:
                 event.event_name,
                 event.event_id,
             )
-            return TrackResult(status="dry_run", **result_args)
+            return new_frozen(TrackResult, {"status": "dry_run", **result_args})
 
         sender = pipeline.sender()
         assert built.payload is not None  # build_event encodes every event it returns
@@ -180,7 +181,8 @@ class Tracker:
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
-        return TrackResult(status=status, **result_args)
+        # TrackResult(...) without its frozen __init__ (capi_middleware/frozen.py).
+        return new_frozen(TrackResult, {"status": status, **result_args})
 
     # -- the enhancement cookie ---------------------------------------------------------------
 
