@@ -47,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from capi_middleware.events import build_event, encode_json
+from capi_middleware.rules.events import build_event, encode_json
 
 CITIES = ["New York", "Los Angeles", "Chicago", "Houston", "Phoenix", "San Diego", "Dallas"]
 STATES = ["NY", "CA", "IL", "TX", "AZ", "CA", "TX"]

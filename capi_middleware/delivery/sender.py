@@ -36,8 +36,8 @@ from capi_middleware.delivery.graph import GraphClient
 from capi_middleware.delivery.memory_store import MemoryStore
 from capi_middleware.delivery.stats import Counters, DeliveryStats, DropReason
 from capi_middleware.delivery.store import DeadLetter, EventStore, NewEvent, StoredEvent
-from capi_middleware.request_body import encode_json
-from capi_middleware.validation import is_too_old
+from capi_middleware.rules.request_body import encode_json
+from capi_middleware.rules.validation import is_too_old
 
 __all__ = ["Sender", "SubmitStatus", "full_jitter_delay", "get_sender"]
 
