@@ -3,7 +3,7 @@
     python bench/delivery.py [--events 20000] [--sdk-single 2000] [--p99-requests 2000]
                              [--rounds 5] [--p99-rounds 5] [--no-p99]
 
-The fake Graph API (``capi_middleware.testing.FakeGraphAPI``, real HTTP on 127.0.0.1, per-event
+The fake Graph API (``capi_middleware.testing.fake.FakeGraphAPI``, real HTTP on 127.0.0.1, per-event
 checks off so it only parses and counts) runs in a child process, so neither sender shares a GIL
 with it. Every figure counts only events the fake confirmed (``events_received``).
 
@@ -49,7 +49,7 @@ from facebook_business.adobjects.serverside.user_data import UserData
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import Sender
-from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
 EMAIL = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
 PHONE = hashlib.sha256(b"16505551234").hexdigest()

@@ -356,7 +356,7 @@ def run_direct(n: int, repeats: int) -> list[dict[str, Any]]:
 
 def run_direct_with_sender(n: int, repeats: int) -> dict[str, Any]:
     """One track() per request, queued to a real sender aimed at a local fake Graph API."""
-    from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+    from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
     with FakeGraphAPI(validate=False) as fake:
         middleware = capi(

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from capi_middleware.cli import main
+from capi_middleware.cli.main import main
 
 raise SystemExit(main())

@@ -14,10 +14,12 @@ from typing import Any
 
 import anyio.to_thread
 
-from capi_middleware.capture import CapturePipeline, is_shared_cacheable, log_internal_error
-from capi_middleware.captured_headers import MAX_COOKIE_HEADER_CHARS, cap_header
+from capi_middleware.capture.context import RequestContext, activate, deactivate
+from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, cap_header
+from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.client import CAPIClient, client_for, log_internal_error
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import CaptureStats, RequestContext, activate, deactivate
+from capi_middleware.results import CaptureStats
 
 __all__ = ["CAPIMiddleware"]
 
@@ -38,6 +40,8 @@ class CAPIMiddleware:
     Parameters:
         app: the ASGI app to wrap.
         config: a ready `CAPIConfig`; keyword options given too override its fields.
+        client: a `CAPIClient` to share with jobs and webhooks (its config is used; give
+            either ``client`` or options, not both). ``middleware.client`` is the one in use.
         **options: `CAPIConfig` fields (``pixel_id``, ``access_token``, ``consent``,
             ``trusted_proxies``, ``dry_run``, ...). Without ``config``, options left unset come
             from the ``META_*`` environment variables (`CAPIConfig.from_env`).
@@ -48,11 +52,19 @@ class CAPIMiddleware:
     ``lifespan.shutdown``, by `close`, and at interpreter exit.
     """
 
-    def __init__(self, app: ASGIApp, *, config: CAPIConfig | None = None, **options: Any) -> None:
-        config = CAPIConfig.from_options("CAPIMiddleware", config, options)
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: CAPIConfig | None = None,
+        client: CAPIClient | None = None,
+        **options: Any,
+    ) -> None:
+        self.client = client = client_for("CAPIMiddleware", client, config, options)
+        config = client.config
         self.app = app
         self.config = config
-        self._pipeline = CapturePipeline(config)
+        self._pipeline = CapturePipeline(client)
         # With a durable outbox the sender starts before any track(): it owes the events an
         # earlier process left there (DESIGN: "what is left at exit is sent at the next start").
         # Under dry_run the outbox is never opened, so there is nothing to start.
@@ -77,7 +89,7 @@ class CAPIMiddleware:
         ctx = self._capture(scope)
         token = activate(ctx)
         try:
-            if not ctx._set_cookie and self._cookies_only_at_capture:
+            if not ctx.response_cookies and self._cookies_only_at_capture:
                 await self.app(scope, receive, send)
                 return
 
@@ -126,7 +138,7 @@ class CAPIMiddleware:
         """Obtain the sender (opening the outbox) off the event loop; once; never raises."""
         self._sender_due = False
         try:
-            await anyio.to_thread.run_sync(self._pipeline.sender)
+            await anyio.to_thread.run_sync(self.client.sender)
         except Exception as exc:  # an unusable outbox: track() will try again and report it
             log_internal_error("starting the sender", exc)
 
@@ -139,7 +151,7 @@ class CAPIMiddleware:
                 # Deliver what is queued before the app reports shutdown.complete and the
                 # server exits; off the event loop, since flushing waits on the sender thread.
                 try:
-                    await anyio.to_thread.run_sync(self._pipeline.close)
+                    await anyio.to_thread.run_sync(self.client.close)
                 except Exception as exc:
                     log_internal_error("flush at lifespan shutdown", exc)
             return message
@@ -150,15 +162,15 @@ class CAPIMiddleware:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until queued events are delivered or given up on; True when the queue drained."""
-        return self._pipeline.flush(timeout)
+        return self.client.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush (up to ``timeout``, default ``shutdown_timeout``) and stop the sender."""
-        return self._pipeline.close(timeout)
+        return self.client.close(timeout)
 
     def stats(self) -> CaptureStats:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
-        return self._pipeline.stats()
+        return self.client.stats()
 
 
 def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
@@ -224,7 +236,7 @@ def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipelin
     cors.py), written out because it runs on every response.
     """
     try:
-        cookies = ctx.take_set_cookies()
+        cookies = ctx.response_cookies.take()
         if not cookies:
             return
         # A copy: an app may reuse one header list for every response.

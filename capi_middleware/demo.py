@@ -194,7 +194,7 @@ def run_demo(*, port: int = 8000, smoke: bool = False, out: TextIO | None = None
     """Start the fake Graph API and the shop; print events as they go out."""
     import uvicorn
 
-    from capi_middleware.testing import FakeGraphAPI
+    from capi_middleware.testing.fake import FakeGraphAPI
 
     stream = out or sys.stdout
     lock = threading.Lock()

@@ -27,9 +27,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.encoding import escape_uri_path
 
-from capi_middleware.capture import CapturePipeline, is_shared_cacheable, log_internal_error
+from capi_middleware.capture.context import RequestContext, activate, deactivate
+from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import CaptureStats, RequestContext, activate, deactivate
+from capi_middleware.results import CaptureStats
 from capi_middleware.wsgi import capture_environ
 
 __all__ = ["CAPIDjangoMiddleware", "get_pipeline"]
@@ -65,7 +67,7 @@ def get_pipeline(config: CAPIConfig | None = None) -> CapturePipeline:
     with _pipelines_lock:
         pipeline = _pipelines.get(key)
         if pipeline is None or pipeline.config != config:
-            pipeline = CapturePipeline(config)
+            pipeline = CapturePipeline(CAPIClient(config))
             _pipelines[key] = pipeline
         return pipeline
 
@@ -136,7 +138,7 @@ class CAPIDjangoMiddleware:
 
     def _set_cookies(self, ctx: RequestContext, response: HttpResponseBase) -> None:
         try:
-            cookies = ctx.take_set_cookies()
+            cookies = ctx.response_cookies.take()
             if not cookies or is_shared_cacheable(response.headers.get("Cache-Control")):
                 return
             for header in cookies:
@@ -152,8 +154,8 @@ class CAPIDjangoMiddleware:
 
     def stats(self) -> CaptureStats:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
-        return self.pipeline.stats()
+        return self.pipeline.client.stats()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until queued events are delivered or given up on."""
-        return self.pipeline.flush(timeout)
+        return self.pipeline.client.flush(timeout)

@@ -24,8 +24,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "pip install 'capi-middleware[prometheus]'"
     ) from exc
 
-from capi_middleware.context import CaptureStats
 from capi_middleware.delivery.stats import DeliveryStats
+from capi_middleware.results import CaptureStats
 
 __all__ = ["CAPICollector", "StatsSource", "register_collector"]
 

@@ -13,10 +13,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from capi_middleware.capture import CapturePipeline, is_shared_cacheable, log_internal_error
-from capi_middleware.captured_headers import cap_header
+from capi_middleware.capture.context import RequestContext, activate, deactivate
+from capi_middleware.capture.headers import cap_header
+from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.client import CAPIClient, client_for, log_internal_error
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import CaptureStats, RequestContext, activate, deactivate
+from capi_middleware.results import CaptureStats
 
 __all__ = ["CAPIWSGIMiddleware", "capture_environ"]
 
@@ -38,6 +40,8 @@ class CAPIWSGIMiddleware:
     Parameters:
         app: the WSGI app to wrap.
         config: a ready `CAPIConfig`; keyword options given too override its fields.
+        client: a `CAPIClient` to share with jobs and webhooks (its config is used; give
+            either ``client`` or options, not both). ``middleware.client`` is the one in use.
         **options: `CAPIConfig` fields (``pixel_id``, ``access_token``, ``consent``,
             ``trusted_proxies``, ``dry_run``, ...). Without ``config``, options left unset come
             from the ``META_*`` environment variables (`CAPIConfig.from_env`).
@@ -49,11 +53,19 @@ class CAPIWSGIMiddleware:
     exit (gunicorn's workers exit through it on SIGTERM).
     """
 
-    def __init__(self, app: WSGIApp, *, config: CAPIConfig | None = None, **options: Any) -> None:
-        config = CAPIConfig.from_options("CAPIWSGIMiddleware", config, options)
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        config: CAPIConfig | None = None,
+        client: CAPIClient | None = None,
+        **options: Any,
+    ) -> None:
+        self.client = client = client_for("CAPIWSGIMiddleware", client, config, options)
+        config = client.config
         self.app = app
         self.config = config
-        self._pipeline = CapturePipeline(config)
+        self._pipeline = CapturePipeline(client)
         # With a durable outbox the sender starts before any track() (see the class docstring).
         self._sender_due = bool(config.outbox) and not config.dry_run
 
@@ -94,7 +106,7 @@ class CAPIWSGIMiddleware:
         """Obtain the sender (opening the outbox) once; never raises into the request."""
         self._sender_due = False
         try:
-            self._pipeline.sender()
+            self.client.sender()
         except Exception as exc:  # an unusable outbox: track() will try again and report it
             log_internal_error("starting the sender", exc)
 
@@ -113,20 +125,20 @@ class CAPIWSGIMiddleware:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until queued events are delivered or given up on; True when the queue drained."""
-        return self._pipeline.flush(timeout)
+        return self.client.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush (up to ``timeout``, default ``shutdown_timeout``) and stop the sender."""
-        return self._pipeline.close(timeout)
+        return self.client.close(timeout)
 
     def stats(self) -> CaptureStats:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
-        return self._pipeline.stats()
+        return self.client.stats()
 
 
 def _cookies_for(ctx: RequestContext, headers: Iterable[tuple[str, str]]) -> list[str]:
     """The Set-Cookie values to add to this response head (none for a shared-cacheable one)."""
-    cookies = ctx.take_set_cookies()
+    cookies = ctx.response_cookies.take()
     if not cookies:
         return cookies
     cache_control = ", ".join(v for k, v in headers if k.lower() == "cache-control")

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.context import RequestContext
+from capi_middleware.capture.context import RequestContext
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from capi_middleware import consent
 from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.consent import ConsentDecision, ConsentSignals
+from capi_middleware.consent.policies import ConsentDecision, ConsentSignals
 
 pytestmark = pytest.mark.anyio
 

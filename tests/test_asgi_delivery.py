@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
 from capi_middleware.normalize import sha256_hex
-from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
 pytestmark = pytest.mark.anyio
 

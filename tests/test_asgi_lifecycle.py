@@ -17,9 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
+from capi_middleware.capture.context import RequestContext, current
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import RequestContext, current
-from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.testing import FakeGraphAPI
+from capi_middleware.testing.fake import FakeGraphAPI
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
-from capi_middleware.context import current  # noqa: E402
+from capi_middleware.capture.context import current  # noqa: E402
 from capi_middleware.django import get_pipeline  # noqa: E402
 
 FBCLID = "IwAR_django-Click~1"

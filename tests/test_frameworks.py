@@ -19,7 +19,7 @@ from apps import django_site, frameworks
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import get_sender
-from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
 CLIENT_IP = "8.8.8.8"
 UA = "Mozilla/5.0 (Macintosh) FrameworkMatrix/1.0"

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from capi_middleware.capture.context import RequestContext, current
 from capi_middleware.config import CAPIConfig
-from capi_middleware.context import RequestContext, current
-from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 from capi_middleware.wsgi import CAPIWSGIMiddleware, environ_raw_path
 
 FBCLID = "IwAR2_Ab-cD~ef"

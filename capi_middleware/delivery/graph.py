@@ -14,7 +14,7 @@ import httpx
 
 from capi_middleware.config import CAPIConfig, Destination
 from capi_middleware.delivery.classify import Verdict, classify_answer, classify_exception
-from capi_middleware.request_body import build_request_body, encode_json
+from capi_middleware.rules.request_body import build_request_body, encode_json
 
 __all__ = ["GraphClient", "redact"]
 

@@ -67,7 +67,7 @@ class OutboxFileError(Exception):
 
 
 @contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One write transaction that takes the file's write lock up front (``BEGIN IMMEDIATE``).
 
     Taking the lock first is what makes claim atomic across processes, and avoids the deadlock
@@ -86,7 +86,7 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the schema in a new file; refuse a file that is not an outbox or is newer."""
-    with _immediate(conn):
+    with immediate_transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
@@ -114,7 +114,8 @@ def create_outbox_connection(
 ) -> sqlite3.Connection:
     """Open the outbox at ``path`` for writing, creating it (and the schema) when missing.
 
-    The connection has autocommit off (transactions are ``BEGIN IMMEDIATE`` via `_immediate`),
+    The connection has autocommit off (transactions are ``BEGIN IMMEDIATE`` via
+    `immediate_transaction`),
     may be used from several threads under the caller's lock, and has the ``busy_timeout``,
     WAL journal, ``synchronous`` level and (with ``max_bytes``) page cap set.
     ``on_wal_refused`` is called with the journal mode the file system gave instead of WAL.

@@ -42,8 +42,8 @@ from capi_middleware.delivery.store import (
     SharedStore,
     StoredEvent,
 )
-from capi_middleware.request_body import encode_json
-from capi_middleware.validation import is_too_old
+from capi_middleware.rules.request_body import encode_json
+from capi_middleware.rules.validation import is_too_old
 
 __all__ = ["Sender", "SubmitStatus", "full_jitter_delay", "get_sender"]
 

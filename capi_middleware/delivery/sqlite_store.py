@@ -40,8 +40,8 @@ from typing import Any
 from capi_middleware.delivery.outbox_schema import (
     SCHEMA_VERSION,
     OutboxFileError,
-    _immediate,
     create_outbox_connection,
+    immediate_transaction,
     open_outbox_file,
 )
 from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
@@ -368,7 +368,7 @@ class SQLiteStore:
             if conn is None:
                 return out
             try:
-                with _immediate(conn):
+                with immediate_transaction(conn):
                     rows = conn.execute(_CLAIM, (now, now, remaining)).fetchall()
                     conn.executemany(
                         "UPDATE events SET lease_owner = ?, lease_until = ? WHERE id = ?",
@@ -428,7 +428,7 @@ class SQLiteStore:
             if conn is None:
                 return
             try:
-                with _immediate(conn):
+                with immediate_transaction(conn):
                     conn.executemany(
                         "UPDATE events SET attempts = attempts + 1, not_before = ?,"
                         " lease_owner = NULL, lease_until = NULL"
@@ -461,7 +461,7 @@ class SQLiteStore:
             try:
                 if conn is None:
                     raise sqlite3.OperationalError("the outbox file is not open")
-                with _immediate(conn):
+                with immediate_transaction(conn):
                     for i in disk_ids:
                         conn.execute(_DEAD_FROM_EVENT, (*reason, now, i))
                         conn.execute("DELETE FROM events WHERE id = ?", (i,))
@@ -655,7 +655,7 @@ class SQLiteStore:
             try:
                 if conn is None:
                     raise sqlite3.OperationalError("the outbox file is not open")
-                with _immediate(conn):
+                with immediate_transaction(conn):
                     conn.executemany(_INSERT_EVENT, [_row_values(p, 0) for p in group])
                 committed = True
             except (sqlite3.Error, OSError) as exc:
@@ -736,7 +736,7 @@ class SQLiteStore:
                 if final or row.lease_until is None
             ]
         try:
-            with _immediate(conn):
+            with immediate_transaction(conn):
                 conn.executemany(
                     _INSERT_EVENT,
                     [_row_values(r.prepared, r.attempts, r.not_before) for _, r in moving],
@@ -763,7 +763,7 @@ class SQLiteStore:
         if conn is None:
             return False
         try:
-            with _immediate(conn):
+            with immediate_transaction(conn):
                 conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
         except (sqlite3.Error, OSError) as exc:
             self._storage_failed("ack", exc)

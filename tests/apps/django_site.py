@@ -16,7 +16,7 @@ from django.urls import path
 
 from apps.frameworks import buy as track_purchase
 from apps.frameworks import describe
-from capi_middleware.context import current
+from capi_middleware.capture.context import current
 
 MIDDLEWARE = ["capi_middleware.django.CAPIDjangoMiddleware"]
 

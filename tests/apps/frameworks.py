@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.context import RequestContext, current
+from capi_middleware.capture.context import RequestContext, current
 from capi_middleware.wsgi import CAPIWSGIMiddleware
 
 PRICE = 42.5
