@@ -397,7 +397,7 @@ class Sender:
                     extra_dropped=self._submit_counts.dropped,
                     paused_until=paused_until,
                     pause_reason=reason,
-                    dry_run=self._config.dry_run,
+                    dry_run=bool(self._config.dry_run),
                 )
 
     def _pause_state(self) -> tuple[float | None, str | None]:
