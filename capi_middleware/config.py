@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["CAPIConfig", "Destination", "option_label"]
 
@@ -79,8 +80,10 @@ class CAPIConfig:
         cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
             domain of the request's host (Public Suffix List).
         set_fbp: mint ``_fbp`` when the pixel has not (default True).
-        outbox: path of a SQLite file for durable delivery [META_OUTBOX]; None keeps events in
-            memory.
+        outbox: where events wait for delivery [META_OUTBOX]: None keeps them in memory; a path
+            is a SQLite file (one host); a ``redis://`` or ``rediss://`` URL, or a
+            ``redis.Redis`` client, is a Redis Streams outbox shared by a fleet of hosts (extra
+            ``capi-middleware[redis]``; docs/fleet.md). A password in the URL is never shown.
         durable: every ``track()`` waits for the outbox commit (default False: group commit).
         dry_run: build, validate and log events; send nothing [META_DRY_RUN]. ``"debug"``
             (``META_DRY_RUN=debug``) also prints each built event to stderr: its match keys
@@ -111,7 +114,7 @@ class CAPIConfig:
     trusted_proxies: tuple[str, ...] = ()
     cookie_domain: str | None = None
     set_fbp: bool = True
-    outbox: str | None = None
+    outbox: str | Any | None = None
     durable: bool = False
     dry_run: bool | Literal["debug"] = False
     strict: bool = False
@@ -178,6 +181,8 @@ class CAPIConfig:
             if not _COUNTRY.match(self.default_country):
                 raise _invalid("default_country", "must be an ISO 3166-1 alpha-2 code like 'US'")
             set_(self, "default_country", self.default_country.upper())
+        if self.outbox is not None:
+            set_(self, "outbox", _checked_outbox(self.outbox))
         if self.consent is not None and not (
             callable(self.consent) or isinstance(self.consent, bool)
         ):
@@ -201,7 +206,10 @@ class CAPIConfig:
             raise _invalid("on_dead_letter", "must be callable")
 
     def __repr__(self) -> str:
-        return _masked_repr(self, ("access_token", "app_secret", "enhancement_secret"))
+        text = _masked_repr(self, ("access_token", "app_secret", "enhancement_secret"))
+        if isinstance(self.outbox, str) and is_redis_url(self.outbox):
+            text = text.replace(repr(self.outbox), repr(redact_url(self.outbox)))
+        return text
 
     # -- derived values -------------------------------------------------------------------
 
@@ -295,6 +303,75 @@ _ENV_VARS = {
     "cookie_domain": "META_COOKIE_DOMAIN",
     "default_country": "META_DEFAULT_COUNTRY",
 }
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def is_redis_url(outbox: object) -> bool:
+    """True when ``outbox`` is a ``redis://`` or ``rediss://`` URL."""
+    return isinstance(outbox, str) and outbox[:9].lower().startswith(_REDIS_SCHEMES)
+
+
+def is_redis_outbox(outbox: object) -> bool:
+    """True when ``outbox`` selects the Redis Streams store (a URL or a client)."""
+    return outbox is not None and (is_redis_url(outbox) or not isinstance(outbox, str))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (and user), fit for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _checked_outbox(outbox: object) -> object:
+    """Validate ``outbox``: a file path, a Redis URL or a Redis client (ValueError otherwise)."""
+    if isinstance(outbox, str):
+        text = outbox.strip()
+        if not text:
+            raise ValueError("outbox [META_OUTBOX]: must not be empty")
+        if is_redis_url(text):
+            _check_redis_url(text)
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+            raise ValueError(
+                "outbox [META_OUTBOX]: a URL must start with redis:// or rediss://; "
+                "anything else is a SQLite file path"
+            )
+        return text
+    if isinstance(outbox, os.PathLike):
+        return os.fspath(outbox)
+    if all(callable(getattr(outbox, name, None)) for name in ("xadd", "xreadgroup", "xack")):
+        return outbox  # a redis.Redis client (duck-typed: config must not import redis)
+    raise ValueError(
+        "outbox [META_OUTBOX]: must be a SQLite file path, a redis:// or rediss:// URL, or a "
+        "redis.Redis client"
+    )
+
+
+def _check_redis_url(url: str) -> None:
+    where = f"outbox [META_OUTBOX]: {redact_url(url)!r}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{where} is not a valid Redis URL (bad host or port)") from None
+    if not parts.hostname:
+        raise ValueError(f"{where} names no host (redis://host:6379/0)")
+    if port == 0:
+        raise ValueError(f"{where}: the port must be from 1 to 65535")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{where}: the path must be a database number (redis://host:6379/0)")
 
 
 def option_label(option: str) -> str:
