@@ -25,6 +25,7 @@ from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
 from capi_middleware.rules.frozen import new_frozen
+from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
@@ -51,6 +52,29 @@ class MatchSource(Protocol):
     def event_source_url(self) -> str | None: ...
     @property
     def referrer_url(self) -> str | None: ...
+    @property
+    def ldu_country(self) -> int: ...
+    @property
+    def ldu_state(self) -> int: ...
+
+
+class _NoVisitor:
+    """The match source of an event sent without a visitor: no request keys, a stated basis."""
+
+    __slots__ = ("consent",)
+    client_ip = user_agent = fbc = fbp = event_source_url = referrer_url = None
+    ldu_country = ldu_state = 0
+
+    def __init__(self, consent: ConsentDecision) -> None:
+        self.consent = consent
+
+
+_STATED = _NoVisitor(ConsentDecision(granted=True, reason="stated"))
+_NO_BASIS = Problem(
+    "consent",
+    "no consent basis for an event outside a request: pass visitor= (a Visitor from "
+    "ctx.visitor()), or consent=True on the call or on the CAPIClient",
+)
 
 
 class CAPIClient:
@@ -130,6 +154,95 @@ class CAPIClient:
 
     # -- tracking ---------------------------------------------------------------------------
 
+    def track(
+        self,
+        event_name: str,
+        *,
+        visitor: Visitor | None = None,
+        user_data: Mapping[str, Any] | None = None,
+        custom_data: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        event_time: Any = None,
+        action_source: str | None = None,
+        consent: bool | ConsentDecision | None = None,
+        durable: bool | None = None,
+        **custom_data_fields: Any,
+    ) -> TrackResult:
+        """Send one event from anywhere: a webhook, a background job, a script.
+
+        With ``visitor`` (a `Visitor` from ``ctx.visitor()``, stored with the order), the event
+        carries that visitor's IP, user agent, ``_fbc``, ``_fbp``, page URL and referrer, and its
+        consent decision: denied stays denied. Without one, the event has only ``user_data`` and
+        needs a stated basis: ``consent=True`` here, or on the client (``CAPIClient(consent=True)``,
+        e.g. for CRM uploads and ``system_generated`` events); otherwise it is ``denied`` with a
+        problem naming the option. ``consent=False`` denies even with a visitor; ``consent=True``
+        never overrides a visitor's denial.
+
+        The keywords are ``ctx.track``'s: the same normalization, validation, sender and store.
+        ``event_time`` may be the real conversion's time (within Meta's 7 days). Never blocks on
+        the network; never raises unless ``strict=True`` and the input is invalid.
+        """
+        try:
+            source: MatchSource | Problem
+            if consent is None and isinstance(visitor, Visitor):
+                source = visitor  # the usual case, first
+            else:
+                source = self._basis(visitor, consent)
+            if isinstance(source, Problem):
+                if self.config.strict:
+                    raise CAPIValidationError([source])
+                self.count_invalid((source.field,))
+                return _result(event_id, "invalid", _name_of(event_name), (source,))
+            decision = source.consent
+            if not decision.granted:
+                self.count("consent_denied")
+                problems = (_NO_BASIS,) if decision is _UNSTATED else ()
+                return _result(event_id, "denied", _name_of(event_name), problems)
+            return self.track_from(
+                source,
+                event_name,
+                user_data=user_data,
+                custom_data=custom_data,
+                event_id=event_id,
+                event_time=event_time,
+                action_source=action_source,
+                durable=durable,
+                custom_data_fields=custom_data_fields,
+            )[0]
+        except CAPIValidationError:
+            raise  # only raised with strict=True, on purpose
+        except Exception as exc:
+            self.count_internal_error("track_errors", "track()", exc)
+            return _result(
+                event_id,
+                "error",
+                _name_of(event_name),
+                (Problem("track", "internal error in capi_middleware; see the log"),),
+            )
+
+    def _basis(self, visitor: object, consent: object) -> MatchSource | Problem:
+        """The match source for ``track()``'s ``visitor`` and ``consent`` arguments."""
+        if consent is not None and not isinstance(consent, (bool, ConsentDecision)):
+            return Problem("consent", "must be True, False, None or a ConsentDecision")
+        if visitor is not None:
+            if not isinstance(visitor, Visitor):
+                return Problem(
+                    "visitor",
+                    "must be a capi_middleware.Visitor (Visitor.from_dict / from_token load a "
+                    f"stored one), not {type(visitor).__name__}",
+                )
+            if consent is False or (isinstance(consent, ConsentDecision) and not consent.granted):
+                return _NoVisitor(_CALL_DENIED)
+            return visitor  # consent=True never overrides the visitor's own decision
+        if consent is None:
+            return _STATED if self.config.consent is True else _NoVisitor(_UNSTATED)
+        if consent is True:
+            return _STATED
+        if consent is False:
+            return _NoVisitor(_CALL_DENIED)
+        assert isinstance(consent, ConsentDecision)
+        return _NoVisitor(consent)
+
     def track_from(
         self,
         source: MatchSource,
@@ -196,6 +309,8 @@ class CAPIClient:
             event_source_url=source.event_source_url,
             referrer_url=source.referrer_url,
             ldu=decision.ldu,
+            ldu_country=source.ldu_country,
+            ldu_state=source.ldu_state,
             default_country=config.default_country,
             hash_external_id=config.hash_external_id,
         )
@@ -315,6 +430,14 @@ def _result(
         problems=problems,
         event_name=name,
     )
+
+
+_UNSTATED = ConsentDecision(granted=False, reason="no_basis")
+_CALL_DENIED = ConsentDecision(granted=False, reason="call")
+
+
+def _name_of(event_name: object) -> str:
+    return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
