@@ -25,7 +25,7 @@ from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
-from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
+from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.visitor import Visitor
 
@@ -93,7 +93,12 @@ class CAPIClient:
         config = CAPIConfig.from_options(type(self).__name__, config, options)
         self.config = config
         self.enhancement = (
-            EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
+            EnhancementCookie(
+                config.enhancement_secret,
+                site=site_binding(config.pixel_id, config.cookie_domain),
+            )
+            if config.enhancement_secret
+            else None
         )
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()

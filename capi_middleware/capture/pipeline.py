@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -38,7 +38,7 @@ from capi_middleware.rules.page_url import (
     page_host,
 )
 
-__all__ = ["CapturePipeline", "is_shared_cacheable"]
+__all__ = ["CapturePipeline", "cookies_not_set_by_app", "is_shared_cacheable"]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -714,3 +714,13 @@ def is_shared_cacheable(cache_control: str | None) -> bool:
     if "private" in directives or "no-store" in directives:
         return False
     return "public" in directives or "s-maxage" in directives
+
+
+def cookies_not_set_by_app(ours: list[str], app_set_cookies: Iterable[str]) -> list[str]:
+    """Our Set-Cookie values, less those for a cookie the app's own response already sets.
+
+    Adapters append ours after the app's; two Set-Cookie headers for one name (say with
+    different Domain attributes) leave the browser with two cookies (issue 10).
+    """
+    taken = {value.split("=", 1)[0].strip() for value in app_set_cookies}
+    return [cookie for cookie in ours if cookie.split("=", 1)[0] not in taken]
