@@ -284,6 +284,8 @@ class CAPIClient:
         """
         config = self.config
         name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+        if name not in event_rules.STANDARD_EVENTS and name not in _names_checked:
+            _warn_if_misspelled(name)
         for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
             if value is not None and not isinstance(value, Mapping):
                 problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
@@ -518,6 +520,26 @@ _CALL_DENIED = ConsentDecision(granted=False, reason="call")
 
 def _name_of(event_name: object) -> str:
     return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+
+
+# Custom event names already checked for a likely typo (bounded: names are the app's own).
+_names_checked: set[str] = set()
+_NAMES_CHECKED_MAX = 1024
+
+
+def _warn_if_misspelled(name: str) -> None:
+    """Warn once per name when a custom event name is one edit away from a standard one."""
+    if len(_names_checked) >= _NAMES_CHECKED_MAX:
+        return
+    _names_checked.add(name)
+    meant = event_rules.near_standard_name(name)
+    if meant is not None:
+        logger.warning(
+            "capi_middleware: event name %r is not a standard event, so Meta counts it as a "
+            "custom event; did you mean %r? (said once per name)",
+            name[:64],
+            meant,
+        )
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
