@@ -80,6 +80,10 @@ class CAPIConfig:
         cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
             domain of the request's host (Public Suffix List).
         set_fbp: mint ``_fbp`` when the pixel has not (default True).
+        no_cookie_paths: path prefixes (``"/webhooks/"``) of requests no browser makes
+            (payment webhooks, health checks): the middleware sets no cookie on them. Whatever
+            the path, a new ``_fbp``/``_fbc`` is minted only for a request a browser made (it
+            has a Cookie header, a ``Sec-Fetch-*`` header, or an ``Accept`` with text/html).
         outbox: where events wait for delivery [META_OUTBOX]: None keeps them in memory; a path
             is a SQLite file (one host); a ``redis://`` or ``rediss://`` URL, or a
             ``redis.Redis`` client, is a Redis Streams outbox shared by a fleet of hosts (extra
@@ -98,6 +102,11 @@ class CAPIConfig:
         flush_interval: seconds an event may wait for a fuller batch.
         timeout: seconds for one Graph request (Meta recommends 1.5).
         shutdown_timeout: seconds ``close()`` waits for the backlog at shutdown.
+        serverless: deliver (or durably store) each request's events before the app's
+            ASGI/WSGI call returns, for AWS Lambda, Cloud Run and other platforms that freeze
+            the process between requests [META_SERVERLESS].
+        serverless_timeout: seconds a request that tracked something waits for its events
+            with ``serverless`` (what is still undelivered then stays queued or in the outbox).
         on_dead_letter: called (in the sender's thread) with each dead-lettered event record.
     """
 
@@ -112,6 +121,7 @@ class CAPIConfig:
     trusted_proxies: tuple[str, ...] = ()
     cookie_domain: str | None = None
     set_fbp: bool = True
+    no_cookie_paths: tuple[str, ...] = ()
     outbox: str | Any | None = None
     durable: bool = False
     dry_run: bool = False
@@ -125,6 +135,8 @@ class CAPIConfig:
     flush_interval: float = 0.5
     timeout: float = 1.5
     shutdown_timeout: float = 5.0
+    serverless: bool = False
+    serverless_timeout: float = 2.0
     on_dead_letter: Callable[[Mapping[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -158,6 +170,13 @@ class CAPIConfig:
             tuple(str(p).strip() for p in coerce_sequence(self.trusted_proxies)),
         )
         self.trusted_networks()  # validates
+        paths = tuple(coerce_sequence(self.no_cookie_paths))
+        for path in paths:
+            if not isinstance(path, str) or not path.startswith("/") or not path.isascii():
+                raise ValueError(
+                    "no_cookie_paths: each entry must be an ASCII path prefix starting with '/'"
+                )
+        set_(self, "no_cookie_paths", paths)
         if self.cookie_domain is not None:
             dom = self.cookie_domain.strip().lstrip(".").lower()
             if not dom or not re.fullmatch(r"[a-z0-9.-]+", dom) or ".." in dom:
@@ -177,7 +196,7 @@ class CAPIConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name}: must be an integer from {lo} to {hi}")
-        for name in ("flush_interval", "timeout", "shutdown_timeout"):
+        for name in ("flush_interval", "timeout", "shutdown_timeout", "serverless_timeout"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -255,8 +274,8 @@ class CAPIConfig:
         """Build from ``META_*`` variables; keyword ``overrides`` win over the environment.
 
         Reads META_PIXEL_ID, META_ACCESS_TOKEN, META_APP_SECRET, META_TEST_EVENT_CODE,
-        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_TRUSTED_PROXIES
-        (comma-separated), META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
+        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_SERVERLESS,
+        META_TRUSTED_PROXIES (comma-separated), META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -264,7 +283,7 @@ class CAPIConfig:
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
-            if option in ("dry_run",):
+            if option in ("dry_run", "serverless"):
                 values[option] = _parse_bool(var, raw)
             elif option == "trusted_proxies":
                 values[option] = tuple(p for p in (s.strip() for s in raw.split(",")) if p)
@@ -285,6 +304,7 @@ _ENV_VARS = {
     "api_version": "META_API_VERSION",
     "outbox": "META_OUTBOX",
     "dry_run": "META_DRY_RUN",
+    "serverless": "META_SERVERLESS",
     "trusted_proxies": "META_TRUSTED_PROXIES",
     "cookie_domain": "META_COOKIE_DOMAIN",
     "default_country": "META_DEFAULT_COUNTRY",
