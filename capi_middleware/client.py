@@ -14,23 +14,25 @@ import threading
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from capi_middleware.config import CAPIConfig
-from capi_middleware.consent.policies import ConsentDecision
+from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
-from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
+from capi_middleware.rules.custom_data import map_custom_data
+from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
 
-__all__ = ["CAPIClient", "MatchSource", "client_for", "log_internal_error"]
+__all__ = ["CAPIClient", "MatchSource", "client_for", "log_internal_error", "usable_client"]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -91,7 +93,12 @@ class CAPIClient:
         config = CAPIConfig.from_options(type(self).__name__, config, options)
         self.config = config
         self.enhancement = (
-            EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
+            EnhancementCookie(
+                config.enhancement_secret,
+                site=site_binding(config.pixel_id, config.cookie_domain),
+            )
+            if config.enhancement_secret
+            else None
         )
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -99,6 +106,7 @@ class CAPIClient:
         self._sender: Sender | None = None
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
+        self.config_error: str | None = None
         if config.test_event_code:
             logger.warning(
                 "capi_middleware: test_event_code is set; events go to Test Events only "
@@ -109,6 +117,17 @@ class CAPIClient:
                 "capi_middleware: no pixel_id/access_token configured; events will be dropped "
                 "(set META_PIXEL_ID and META_ACCESS_TOKEN, or dry_run=True)"
             )
+
+    @classmethod
+    def disabled(cls, config_error: str) -> CAPIClient:
+        """A client standing in for one whose configuration was rejected: tracking is off.
+
+        Every ``track()`` returns status ``"error"`` with a problem quoting ``config_error``;
+        nothing is stored or sent. Adapters use it so that a bad config never fails a request.
+        """
+        client = cls(CAPIConfig(dry_run=True))
+        client.config_error = config_error
+        return client
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CAPIClient:
@@ -265,6 +284,8 @@ class CAPIClient:
         """
         config = self.config
         name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+        if name not in event_rules.STANDARD_EVENTS and name not in _names_checked:
+            _warn_if_misspelled(name)
         for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
             if value is not None and not isinstance(value, Mapping):
                 problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
@@ -275,10 +296,17 @@ class CAPIClient:
         merged_custom: dict[str, Any] = dict(custom_data) if custom_data else {}
         merged_custom.update(custom_data_fields)
 
+        if self.config_error is not None:
+            problem = Problem("config", f"tracking is off: {self.config_error}")
+            return _unsent(event_id, "error", name, merged_custom, (problem,)), None
         decision = source.consent
         if not decision.granted:
             self.count("consent_denied")
-            return _result(event_id, "denied", name), None
+            problems: tuple[Problem, ...] = ()
+            if decision.reason == NO_SIGNAL_REASON:
+                problems = (_NO_SIGNAL_PROBLEM,)
+                _tell_default_denial_once(name)
+            return _unsent(event_id, "denied", name, merged_custom, problems), None
 
         request_data: dict[str, Any] = {}
         if source.client_ip is not None:
@@ -404,6 +432,21 @@ class CAPIClient:
         self.close()
 
 
+def usable_client(
+    owner: str, client: CAPIClient | None, config: CAPIConfig | None, options: Mapping[str, Any]
+) -> CAPIClient:
+    """`client_for`, but a rejected configuration gives a `CAPIClient.disabled` client.
+
+    A middleware built with a bad config must not fail the host app's requests (Starlette
+    builds ``add_middleware`` classes inside the first request): it passes requests through
+    with tracking off, and says why (``client.config_error``, the adapters' log line).
+    """
+    try:
+        return client_for(owner, client, config, options)
+    except (TypeError, ValueError) as exc:
+        return CAPIClient.disabled(str(exc))
+
+
 def client_for(
     owner: str, client: CAPIClient | None, config: CAPIConfig | None, options: Mapping[str, Any]
 ) -> CAPIClient:
@@ -432,12 +475,71 @@ def _result(
     )
 
 
+def _unsent(
+    event_id: str | None,
+    status: TrackStatus,
+    name: str,
+    custom_data: Mapping[str, Any],
+    problems: tuple[Problem, ...],
+) -> TrackResult:
+    """A result for an event that was not built, carrying the custom_data the event would have
+    (Meta-shaped), so ``result.fbq()`` renders the same call and the pixel's own consent decides.
+    """
+    result = _result(event_id, status, name, problems)
+    mapped, custom_problems = map_custom_data(custom_data)
+    if not any(p.fatal for p in custom_problems):
+        result = replace(result, custom_data=mapped)
+    return result
+
+
+# Said on a result denied for want of any consent signal, and logged once per process: the
+# default policy is an EU opt-in, which a new user's first track() meets without a banner.
+_NO_SIGNAL_PROBLEM = Problem(
+    "consent",
+    "denied: the request carries no consent signal, and the default policy is EU opt-in "
+    "(nothing is sent until the visitor opts in); pass consent=True where no consent banner is "
+    "needed, or a policy for your banner (README: Consent; docs/consent.md)",
+)
+_told_default_denial = threading.Event()
+
+
+def _tell_default_denial_once(name: str) -> None:
+    if _told_default_denial.is_set():
+        return
+    _told_default_denial.set()
+    logger.info(
+        "capi_middleware: %s event not sent: %s. (Said once per process.)",
+        name or "unnamed",
+        _NO_SIGNAL_PROBLEM.message,
+    )
+
+
 _UNSTATED = ConsentDecision(granted=False, reason="no_basis")
 _CALL_DENIED = ConsentDecision(granted=False, reason="call")
 
 
 def _name_of(event_name: object) -> str:
     return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+
+
+# Custom event names already checked for a likely typo (bounded: names are the app's own).
+_names_checked: set[str] = set()
+_NAMES_CHECKED_MAX = 1024
+
+
+def _warn_if_misspelled(name: str) -> None:
+    """Warn once per name when a custom event name is one edit away from a standard one."""
+    if len(_names_checked) >= _NAMES_CHECKED_MAX:
+        return
+    _names_checked.add(name)
+    meant = event_rules.near_standard_name(name)
+    if meant is not None:
+        logger.warning(
+            "capi_middleware: event name %r is not a standard event, so Meta counts it as a "
+            "custom event; did you mean %r? (said once per name)",
+            name[:64],
+            meant,
+        )
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:

@@ -409,7 +409,7 @@ class Sender:
                     extra_dropped=self._submit_counts.dropped,
                     paused_until=paused_until,
                     pause_reason=reason,
-                    dry_run=self._config.dry_run,
+                    dry_run=bool(self._config.dry_run),
                 )
 
     def _shared_stats(self) -> DeliveryStats:
@@ -435,7 +435,7 @@ class Sender:
             extra_dropped=dropped,
             paused_until=paused_until,
             pause_reason=reason,
-            dry_run=self._config.dry_run,
+            dry_run=bool(self._config.dry_run),
         )
 
     def _pause_state(self) -> tuple[float | None, str | None]:
