@@ -242,6 +242,8 @@ class CapturePipeline:
         ctx.consent = outcome.consent
         ctx.fbc = outcome.fbc
         ctx.fbp = outcome.fbp
+        if raw and b"_fbi" in raw and outcome.consent.granted:
+            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
         if outcome.resend and _is_navigation(ctx):
             ctx.response_cookies.extend(outcome.resend)
         if outcome.mint_fbp is not None:
@@ -343,6 +345,8 @@ class CapturePipeline:
         # Consent comes before any cookie is set or any event queued.
         decision = ctx.consent = self._decide(ctx, facts.consent)
         if decision.granted:
+            if cookie_header and "_fbi" in cookie_header:  # Meta's Parameter Builder's IP
+                ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
             page = ctx.page_host()
             if page is not None:
                 try:
