@@ -179,13 +179,14 @@ def test_put_claim_ack_retry_dead_letter_and_the_books(
 ) -> None:
     store = RedisStore(outbox)
     stores.append(store)
-    assert store.put([new_event(i) for i in range(30)], wait=True) == 30
+    events = [new_event(i) for i in range(30)]
+    assert store.put(events, wait=True) == 30
     assert store.durable
     assert store.books().backlog == 30
     assert store.books().enqueued == 30
     claimed = store.claim(20, lease_seconds=60, now=time.time())
     assert [e.event_id for e in claimed] == [f"ev-{i}" for i in range(20)]  # oldest first
-    assert claimed[0].payload == new_event(0).payload  # byte for byte
+    assert claimed[0].payload == events[0].payload  # byte for byte
     store.ack([e.id for e in claimed[:10]])
     store.retry([e.id for e in claimed[10:15]], not_before=time.time() + 0.3)
     store.dead_letter(
