@@ -25,7 +25,7 @@ from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
-from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
+from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.visitor import Visitor
 
@@ -93,7 +93,12 @@ class CAPIClient:
         config = CAPIConfig.from_options(type(self).__name__, config, options)
         self.config = config
         self.enhancement = (
-            EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
+            EnhancementCookie(
+                config.enhancement_secret,
+                site=site_binding(config.pixel_id, config.cookie_domain),
+            )
+            if config.enhancement_secret
+            else None
         )
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -279,6 +284,8 @@ class CAPIClient:
         """
         config = self.config
         name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+        if name not in event_rules.STANDARD_EVENTS and name not in _names_checked:
+            _warn_if_misspelled(name)
         for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
             if value is not None and not isinstance(value, Mapping):
                 problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
@@ -513,6 +520,26 @@ _CALL_DENIED = ConsentDecision(granted=False, reason="call")
 
 def _name_of(event_name: object) -> str:
     return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+
+
+# Custom event names already checked for a likely typo (bounded: names are the app's own).
+_names_checked: set[str] = set()
+_NAMES_CHECKED_MAX = 1024
+
+
+def _warn_if_misspelled(name: str) -> None:
+    """Warn once per name when a custom event name is one edit away from a standard one."""
+    if len(_names_checked) >= _NAMES_CHECKED_MAX:
+        return
+    _names_checked.add(name)
+    meant = event_rules.near_standard_name(name)
+    if meant is not None:
+        logger.warning(
+            "capi_middleware: event name %r is not a standard event, so Meta counts it as a "
+            "custom event; did you mean %r? (said once per name)",
+            name[:64],
+            meant,
+        )
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:

@@ -10,9 +10,10 @@ Also here: what the adapters share (`log_internal_error`, `is_shared_cacheable`)
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,7 +38,7 @@ from capi_middleware.rules.page_url import (
     page_host,
 )
 
-__all__ = ["CapturePipeline", "is_shared_cacheable"]
+__all__ = ["CapturePipeline", "cookies_not_set_by_app", "is_shared_cacheable"]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -162,6 +163,13 @@ class CapturePipeline:
             headers: lowercase names -> latin-1 values, repeats joined, values capped
                 (`cap_header`). ASGI uses `capture_raw`, which decodes only what it reads.
         """
+        if not _forwarding_checked and (
+            "x-forwarded-for" in headers
+            or "forwarded" in headers
+            or "x-forwarded-proto" in headers
+            or "x-forwarded-host" in headers
+        ):
+            check_forwarding_trust(peer, headers, self._trust)
         return self._capture(None, headers, peer, scheme, server, raw_path, query_string)
 
     def capture_raw(
@@ -185,6 +193,13 @@ class CapturePipeline:
         # kept cookies and what to mint depend only on the raw Cookie and Host headers, the
         # scheme and the headers the consent policy declares. Inline: this runs on every ASGI
         # request; the raw Cookie and Referer read here are handed on.
+        if not _forwarding_checked and (
+            b"x-forwarded-for" in header_map
+            or b"forwarded" in header_map
+            or b"x-forwarded-proto" in header_map
+            or b"x-forwarded-host" in header_map
+        ):
+            check_forwarding_trust(peer, header_map, self._trust)
         key = None
         if (
             self._outcome_memo_on
@@ -546,6 +561,80 @@ class CapturePipeline:
         return kept
 
 
+# -- forwarding headers from a peer that is not trusted ----------------------------------------
+
+# True once the question is settled for this process: warned, or the server itself resolves
+# forwarding headers (uvicorn's --proxy-headers). Read on every request before any work.
+_forwarding_checked = False
+
+_FORWARDING_LABELS = {
+    "x-forwarded-for": "X-Forwarded-For",
+    "forwarded": "Forwarded",
+    "x-forwarded-proto": "X-Forwarded-Proto",
+    "x-forwarded-host": "X-Forwarded-Host",
+}
+
+
+def check_forwarding_trust(
+    peer: str | None, headers: Mapping[Any, Any], trust: client_ip_rules.ProxyTrust
+) -> None:
+    """Warn once per process when forwarding headers arrive from a peer that is not trusted.
+
+    Behind a proxy that is not in ``trusted_proxies`` the headers are ignored, as they must be
+    (uvicorn's proxy_headers model), so no visitor IP reaches Meta (a private proxy) or the
+    proxy's own IP does (a public CDN), and the page URL has the proxy's scheme and host. The
+    warning names the header, the peer (a public address only to its /24 or /48: it may be a
+    visitor's) and the option. Not said when the peer is an entry of X-Forwarded-For: the
+    server already put the client there from the header it trusts (uvicorn
+    ``--forwarded-allow-ips``). Never raises.
+    """
+    global _forwarding_checked
+    try:
+        if peer is None or trust.is_trusted(peer):
+            return
+        raw = isinstance(next(iter(headers), ""), bytes)  # ASGI's byte names, or WSGI's text
+
+        def header(name: str) -> str | None:
+            value = headers.get(name.encode("latin-1") if raw else name)
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+
+        present = [label for name, label in _FORWARDING_LABELS.items() if header(name) is not None]
+        xff = header("x-forwarded-for")
+        _forwarding_checked = True
+        if xff is not None and peer in (part.strip() for part in xff.split(",")):
+            return  # the server resolved it (its own trusted proxy)
+        shown = _peer_for_log(peer)
+        setting = "is not set" if not trust.networks else f"does not include {shown}"
+        logger.warning(
+            "capi_middleware: a request from %s carries %s, but trusted_proxies "
+            "[META_TRUSTED_PROXIES] %s, so the header is ignored: the IP sent to Meta is the "
+            "peer's, and the page URL's scheme and host are what the peer asked for. If %s is "
+            "your proxy or CDN, add its addresses to trusted_proxies (docs/proxies.md). "
+            "(Said once per process.)",
+            shown,
+            " and ".join(present),
+            setting,
+            shown,
+        )
+    except Exception as exc:  # a diagnostic must never cost the request
+        _forwarding_checked = True
+        log_internal_error("checking forwarding headers", exc)
+
+
+def _peer_for_log(peer: str) -> str:
+    """A peer address fit for a log line: a private one in full (a proxy, never a visitor on
+    the Internet), a public one only to its /24 (IPv4) or /48 (IPv6) network, which is also
+    the form a CDN's range takes in trusted_proxies."""
+    try:
+        ip = ipaddress.ip_address(peer.strip("[]"))
+    except ValueError:
+        return "a peer with an unreadable address"
+    if ip.is_private or ip.is_loopback or ip.is_link_local:
+        return str(ip)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 
@@ -625,3 +714,13 @@ def is_shared_cacheable(cache_control: str | None) -> bool:
     if "private" in directives or "no-store" in directives:
         return False
     return "public" in directives or "s-maxage" in directives
+
+
+def cookies_not_set_by_app(ours: list[str], app_set_cookies: Iterable[str]) -> list[str]:
+    """Our Set-Cookie values, less those for a cookie the app's own response already sets.
+
+    Adapters append ours after the app's; two Set-Cookie headers for one name (say with
+    different Domain attributes) leave the browser with two cookies (issue 10).
+    """
+    taken = {value.split("=", 1)[0].strip() for value in app_set_cookies}
+    return [cookie for cookie in ours if cookie.split("=", 1)[0] not in taken]

@@ -185,6 +185,13 @@ def _check_event_time(
         )
 
 
+# A newcomer's first event built outside a request meets this: say which field decides it.
+_WEBSITE_EVENTS = (
+    "website events (action_source defaults to 'website'; an event that did not happen on a web "
+    "page sets action_source, e.g. 'system_generated', 'email', 'app' or 'physical_store')"
+)
+
+
 def _check_top_level(event: Mapping[str, Any], action_source: str, problems: list[Problem]) -> None:
     event_id = event.get("event_id")
     if event_id is None:
@@ -197,7 +204,7 @@ def _check_top_level(event: Mapping[str, Any], action_source: str, problems: lis
     url = event.get("event_source_url")
     if url is None:
         if action_source == "website":
-            problems.append(Problem("event_source_url", "is required for website events"))
+            problems.append(Problem("event_source_url", f"is required for {_WEBSITE_EVENTS}"))
     elif not isinstance(url, str) or not url.startswith(("http://", "https://")):
         problems.append(Problem("event_source_url", "must be the page's full http(s) URL"))
     referrer = event.get("referrer_url")
@@ -276,7 +283,9 @@ def _check_match_keys(keys: set[str], action_source: str, problems: list[Problem
             )
         )
     if action_source == "website" and "client_user_agent" not in keys:
-        problems.append(Problem("user_data.client_user_agent", "is required for website events"))
+        problems.append(
+            Problem("user_data.client_user_agent", f"is required for {_WEBSITE_EVENTS}")
+        )
 
 
 def _check_contents(contents: object, problems: list[Problem]) -> None:

@@ -427,3 +427,17 @@ def test_a_429_seen_by_one_sender_pauses_the_others(
     for s in (first, second):
         assert s.flush(5)
     assert_balanced(second.stats())
+
+
+def test_a_new_sender_delivers_what_the_stream_holds_without_traffic(
+    outbox: str, make_sender: Callable[..., Sender], fake_graph: FakeGraphAPI
+) -> None:
+    earlier = RedisStore(outbox)
+    earlier.put([new_event(i) for i in range(5)], wait=True)
+    earlier.close(2.0)  # a host that stopped with events still waiting
+    sender = make_sender(outbox)
+    assert wait_until(lambda: len(fake_graph.event_ids) == 5)
+    assert sorted(fake_graph.event_ids) == [f"ev-{i}" for i in range(5)]
+    assert wait_until(lambda: sender.stats().backlog == 0)
+    stats = assert_balanced(sender.stats())
+    assert stats.delivered == 5
