@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from capi_middleware import CAPIMiddleware, CAPIWSGIMiddleware, RequestContext
-from capi_middleware.config import CAPIConfig
+from capi_middleware.config import CAPIConfig, is_redis_outbox
 from capi_middleware.delivery.sender import get_sender
 from capi_middleware.delivery.sqlite_store import SQLiteStore
 from capi_middleware.delivery.store import StoredEvent
@@ -90,12 +90,13 @@ def _tune_sender(config: CAPIConfig) -> None:
     if lease is None and backoff_cap is None and max_bytes is None:
         return
     store = None
-    if max_bytes is not None and config.outbox:
-        store = WatchedStore(
-            config.outbox, max_bytes=max_bytes, max_events=config.max_queue, reopen_interval=0.5
-        )
-    elif config.outbox:
-        store = WatchedStore(config.outbox, max_events=config.max_queue)  # as the sender opens it
+    if isinstance(config.outbox, str) and config.outbox and not is_redis_outbox(config.outbox):
+        if max_bytes is not None:
+            store = WatchedStore(
+                config.outbox, max_bytes=max_bytes, max_events=config.max_queue, reopen_interval=0.5
+            )
+        else:  # as the sender opens it
+            store = WatchedStore(config.outbox, max_events=config.max_queue)
     sender = get_sender(config, store=store)
     if lease is not None:
         sender.lease_seconds = lease
