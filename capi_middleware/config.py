@@ -76,7 +76,16 @@ class CAPIConfig:
         consent: a policy ``(ctx) -> bool | ConsentDecision`` or a built-in from
             `capi_middleware.consent`; ``None`` uses the default, which requires an opt-in
             signal (lawful in the EU). ``True`` grants always (only where no consent is needed).
-        trusted_proxies: IPs / CIDRs whose X-Forwarded-* and Forwarded headers are believed.
+        trusted_proxies: IPs / CIDRs whose forwarding headers are believed
+            [META_TRUSTED_PROXIES, comma-separated]; walked right to left (docs/security.md).
+        forwarded_headers: which headers a trusted proxy's answer is read from
+            [META_FORWARDED_HEADERS]: ``"x-forwarded"`` (default: X-Forwarded-For and
+            X-Forwarded-Proto, as uvicorn, gunicorn and most proxies set them) or
+            ``"forwarded"`` (RFC 7239 ``Forwarded``, only if your proxy writes it). The other
+            family is ignored, since a client can send it through the proxy.
+        trust_forwarded_host: take the page host from X-Forwarded-Host / ``Forwarded: host=``
+            of a trusted proxy [META_TRUST_FORWARDED_HOST]; default False (the Host header).
+            Even then a host outside ``cookie_domain`` (when set) is ignored.
         cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
             domain of the request's host (Public Suffix List).
         set_fbp: mint ``_fbp`` when the pixel has not (default True).
@@ -112,6 +121,8 @@ class CAPIConfig:
     extra_pixels: tuple[Destination, ...] = ()
     consent: Any = None
     trusted_proxies: tuple[str, ...] = ()
+    forwarded_headers: str = "x-forwarded"
+    trust_forwarded_host: bool = False
     cookie_domain: str | None = None
     set_fbp: bool = True
     outbox: str | Any | None = None
@@ -172,6 +183,18 @@ class CAPIConfig:
             tuple(str(p).strip() for p in coerce_sequence(self.trusted_proxies)),
         )
         self.trusted_networks()  # validates
+        family = self.forwarded_headers
+        if isinstance(family, str):
+            family = family.strip().lower()
+        if family not in ("x-forwarded", "forwarded"):
+            raise _invalid(
+                "forwarded_headers",
+                "must be 'x-forwarded' (X-Forwarded-For and X-Forwarded-Proto) or 'forwarded' "
+                "(RFC 7239 Forwarded)",
+            )
+        set_(self, "forwarded_headers", family)
+        if not isinstance(self.trust_forwarded_host, bool):
+            raise _invalid("trust_forwarded_host", "must be True or False")
         if self.cookie_domain is not None:
             dom = self.cookie_domain.strip().lstrip(".").lower()
             if not dom or not re.fullmatch(r"[a-z0-9.-]+", dom) or ".." in dom:
@@ -270,7 +293,8 @@ class CAPIConfig:
 
         Reads META_PIXEL_ID, META_ACCESS_TOKEN, META_APP_SECRET, META_TEST_EVENT_CODE,
         META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_TRUSTED_PROXIES
-        (comma-separated), META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
+        (comma-separated), META_FORWARDED_HEADERS, META_TRUST_FORWARDED_HOST,
+        META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -282,6 +306,8 @@ class CAPIConfig:
                 values[option] = _parse_dry_run(raw)
             elif option == "trusted_proxies":
                 values[option] = tuple(p for p in (s.strip() for s in raw.split(",")) if p)
+            elif option == "trust_forwarded_host":
+                values[option] = _parse_flag(option, raw)
             else:
                 values[option] = raw.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -300,6 +326,8 @@ _ENV_VARS = {
     "outbox": "META_OUTBOX",
     "dry_run": "META_DRY_RUN",
     "trusted_proxies": "META_TRUSTED_PROXIES",
+    "forwarded_headers": "META_FORWARDED_HEADERS",
+    "trust_forwarded_host": "META_TRUST_FORWARDED_HOST",
     "cookie_domain": "META_COOKIE_DOMAIN",
     "default_country": "META_DEFAULT_COUNTRY",
 }
@@ -398,6 +426,15 @@ def _parse_dry_run(raw: str) -> bool | str:
     if value == "debug":
         return "debug"
     raise _invalid("dry_run", f"expected true, false or debug, got {raw!r}")
+
+
+def _parse_flag(option: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _invalid(option, f"expected true or false, got {raw!r}")
 
 
 def coerce_sequence(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -57,8 +57,6 @@ _COOKIE_MEMO_MAX_CHARS = 2048
 # 25 cookies parse in 8.8 µs and are found in 5.1).
 _SEARCH_COOKIES_FROM_CHARS = 400
 
-_FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
-
 
 class _Outcome(NamedTuple):
     """A request's capture outcome, reused for requests with the same key (see `capture_raw`)."""
@@ -98,7 +96,14 @@ class CapturePipeline:
     def __init__(self, client: CAPIClient) -> None:
         self.client = client
         config = self.config = client.config
-        self._trust = client_ip_rules.ProxyTrust(config.trusted_networks())
+        # One forwarded-header family, the host only on opt-in and inside the cookie domain
+        # (issue 10; rules/client_ip.py).
+        self._trust = client_ip_rules.ProxyTrust(
+            config.trusted_networks(),
+            headers=config.forwarded_headers,
+            trust_host=config.trust_forwarded_host,
+            site=config.cookie_domain,
+        )
         self._has_trust = bool(config.trusted_proxies)
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
@@ -300,7 +305,7 @@ class CapturePipeline:
         client_ip: Any = LAZY
         if self._has_trust:
             forwarded = {}
-            for name in _FORWARDED_HEADERS:
+            for name in self._trust.header_names:
                 value = header(name)
                 if value is not None:
                     forwarded[name] = value
