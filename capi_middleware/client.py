@@ -24,7 +24,6 @@ from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
-from capi_middleware.rules.frozen import new_frozen
 
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
@@ -227,7 +226,7 @@ class CAPIClient:
                 event.event_name,
                 event.event_id,
             )
-            return new_frozen(TrackResult, {"status": "dry_run", **result_args}), event.user_data
+            return TrackResult(status="dry_run", **result_args), event.user_data
 
         sender = self.sender()
         assert built.payload is not None  # build_event encodes every event it returns
@@ -244,8 +243,7 @@ class CAPIClient:
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
-        # TrackResult(...) without its frozen __init__ (capi_middleware/rules/frozen.py).
-        return new_frozen(TrackResult, {"status": status, **result_args}), event.user_data
+        return TrackResult(status=status, **result_args), event.user_data
 
     # -- the sender -------------------------------------------------------------------------
 

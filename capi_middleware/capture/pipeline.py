@@ -120,7 +120,9 @@ class CapturePipeline:
         names = reads.cookies if reads is not None else ()
         self._consent_cookies = names
         self._wanted_cookies = (*names, cookie_rules.FBC_COOKIE, cookie_rules.FBP_COOKIE)
-        self._no_cookies = _CookieFacts(None, (None,) * len(names), None, None)
+        self._no_cookies = _CookieFacts(
+            cookies=None, consent=(None,) * len(names), fbc=None, fbp=None
+        )
         self._cookie_memo: dict[str, _CookieFacts] = {}
         # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
         # they depend on is in the key: a built-in policy and no trusted proxies.
@@ -374,9 +376,17 @@ class CapturePipeline:
             # Nothing here depends on the host: it stays worked out on first read.
             self._store_outcome(
                 outcome_key,
-                # Positional (scheme, consent, cookies, host, fbc, fbp, resend, mint_fbp,
-                # subdomain_index): a NamedTuple built from keywords costs twice as much.
-                _Outcome(scheme, decision, facts.cookies, None, ctx.fbc, ctx.fbp, (), None, 0),
+                _Outcome(
+                    scheme=scheme,
+                    consent=decision,
+                    cookies=facts.cookies,
+                    host=None,
+                    fbc=ctx.fbc,
+                    fbp=ctx.fbp,
+                    resend=(),
+                    mint_fbp=None,
+                    subdomain_index=0,
+                ),
             )
         return ctx
 
@@ -411,18 +421,16 @@ class CapturePipeline:
         else:
             resend = () if fbp_header is None else (fbp_header,)
         mint = kept.fbp is None and self._set_fbp
-        # Positional, in _Outcome's field order: a NamedTuple built from keywords costs twice as
-        # much, and this runs on a visitor's first request.
         outcome = _Outcome(
-            scheme,
-            decision,
-            facts.cookies,
-            host,
-            kept.fbc,
-            kept.fbp,
-            resend,
-            kept.attributes if mint else None,
-            kept.subdomain_index,
+            scheme=scheme,
+            consent=decision,
+            cookies=facts.cookies,
+            host=host,
+            fbc=kept.fbc,
+            fbp=kept.fbp,
+            resend=resend,
+            mint_fbp=kept.attributes if mint else None,
+            subdomain_index=kept.subdomain_index,
         )
         self._store_outcome(key, outcome)
 
@@ -449,10 +457,10 @@ class CapturePipeline:
                 if found is None:
                     found = cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
                 facts = _CookieFacts(
-                    cookies,
-                    tuple(map(found.get, self._consent_cookies)),
-                    found.get(cookie_rules.FBC_COOKIE),
-                    found.get(cookie_rules.FBP_COOKIE),
+                    cookies=cookies,
+                    consent=tuple(map(found.get, self._consent_cookies)),
+                    fbc=found.get(cookie_rules.FBC_COOKIE),
+                    fbp=found.get(cookie_rules.FBP_COOKIE),
                 )
             else:
                 facts = self._no_cookies
