@@ -68,9 +68,7 @@ class _Outcome(NamedTuple):
     host: str | None  # the page host (granted only; else worked out on first read)
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
-    resend: tuple[str, ...]  # Set-Cookie values that re-send kept cookies on a navigation
-    mint_fbp: str | None  # Set-Cookie attributes when an _fbp must be minted, else None
-    subdomain_index: int
+    kept: cookie_rules.KeptCookies | None  # granted: what `_apply_plan` plans from, per request
 
 
 class _CookieFacts(NamedTuple):
@@ -244,19 +242,12 @@ class CapturePipeline:
         ctx.consent = outcome.consent
         ctx.fbc = outcome.fbc
         ctx.fbp = outcome.fbp
-        if outcome.resend and _is_navigation(ctx):
-            ctx.response_cookies.extend(outcome.resend)
-        if outcome.mint_fbp is not None:
+        if outcome.kept is not None:
             try:
-                fbp = cookie_rules.mint_fbp(
-                    subdomain_index=outcome.subdomain_index, now_ms=int(time.time() * 1000)
-                )
+                self._apply_plan(ctx, outcome.kept, None)
             except Exception as exc:
                 self.count("capture_errors")
                 log_internal_error("cookie planning", exc)
-            else:
-                ctx.fbp = fbp
-                ctx.response_cookies.add(f"{cookie_rules.FBP_COOKIE}={fbp}{outcome.mint_fbp}")
         return ctx
 
     def _capture(
@@ -383,9 +374,7 @@ class CapturePipeline:
                     host=None,
                     fbc=ctx.fbc,
                     fbp=ctx.fbp,
-                    resend=(),
-                    mint_fbp=None,
-                    subdomain_index=0,
+                    kept=None,
                 ),
             )
         return ctx
@@ -408,19 +397,11 @@ class CapturePipeline:
         facts: _CookieFacts,
         kept: cookie_rules.KeptCookies,
     ) -> None:
-        """Keep a granted request's outcome: what it kept, re-sends and must mint."""
+        """Keep a granted request's outcome: the visitor's validated cookies to plan from."""
         if page_host(raw_map.get(b"host"), scheme) != host:
             return  # the host came from the server address, which is not in the key
         if not _judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
             return
-        fbc_header, fbp_header = kept.fbc_header, kept.fbp_header
-        if fbc_header is not None:
-            resend: tuple[str, ...] = (
-                (fbc_header,) if fbp_header is None else (fbc_header, fbp_header)
-            )
-        else:
-            resend = () if fbp_header is None else (fbp_header,)
-        mint = kept.fbp is None and self._set_fbp
         outcome = _Outcome(
             scheme=scheme,
             consent=decision,
@@ -428,9 +409,7 @@ class CapturePipeline:
             host=host,
             fbc=kept.fbc,
             fbp=kept.fbp,
-            resend=resend,
-            mint_fbp=kept.attributes if mint else None,
-            subdomain_index=kept.subdomain_index,
+            kept=kept,
         )
         self._store_outcome(key, outcome)
 
@@ -537,6 +516,17 @@ class CapturePipeline:
                 and _judged_for_good(raw_fbc, raw_fbp, kept.fbc, kept.fbp)
             ):
                 _memoize(self._kept_memo, key, kept)
+        self._apply_plan(ctx, kept, fbclid)
+        return kept
+
+    def _apply_plan(
+        self, ctx: RequestContext, kept: cookie_rules.KeptCookies, fbclid: str | None
+    ) -> None:
+        """Meta §4's cookie plan for this request (`cookies.plan_from_kept`), onto ``ctx``.
+
+        Kept cookies are re-sent only on a document navigation (`is_navigation`); minting
+        depends on the clock, so it runs on every request, memoized or not.
+        """
         plan = cookie_rules.plan_from_kept(
             kept,
             fbclid=fbclid,
@@ -547,7 +537,6 @@ class CapturePipeline:
         ctx.response_cookies.extend(plan.set_cookie)
         ctx.fbc = plan.fbc
         ctx.fbp = plan.fbp
-        return kept
 
 
 # -- helpers -----------------------------------------------------------------------------------
