@@ -32,6 +32,7 @@ from capi_middleware.rules.page_url import (
     page_host,
 )
 from capi_middleware.rules.pixel import render_fbq_track
+from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
     from capi_middleware.client import CAPIClient
@@ -79,7 +80,8 @@ class RequestContext:
     """What one request carries for Meta, and the way to send events from it.
 
     Attributes (read them, don't set them):
-        client_ip: the visitor's public IP (trusted proxies honoured), or None.
+        client_ip: the visitor's public IP (trusted proxies honoured; with consent, the IPv6
+            of Meta's ``_fbi`` cookie over a request's IPv4), or None.
         user_agent: the User-Agent header (control characters removed, capped), or None.
         fbp: a valid ``_fbp`` cookie, or the one minted for this response (with consent).
         fbc: a valid ``_fbc`` cookie, or the one minted from ``fbclid`` (with consent).
@@ -120,6 +122,10 @@ class RequestContext:
         "response_cookies",
         "secure",
     )
+
+    # Limited Data Use's country and state: 0 = Meta geolocates the visitor (MatchSource).
+    ldu_country = 0
+    ldu_state = 0
 
     def __init__(
         self,
@@ -180,6 +186,16 @@ class RequestContext:
             if getattr(self, name) is not None
         ]
         return f"RequestContext(present={present}, consent={self.consent!r})"
+
+    def consider_fbi(self, value: str | None) -> None:
+        """Take Meta's ``_fbi`` cookie into `client_ip` (capture calls it only with consent).
+
+        Its public IPv6 wins over the request's IPv4, and its public address fills in when the
+        request has none; it never replaces an address of the request's own family
+        (`client_ip_rules.client_ip_with_fbi`; docs/match-quality.md).
+        """
+        if value is not None:
+            self._client_ip = client_ip_rules.client_ip_with_fbi(self.client_ip, value)
 
     # -- what is worked out on first read ------------------------------------------------
 
@@ -300,9 +316,14 @@ class RequestContext:
         event_time: Any = None,
         action_source: str | None = None,
         durable: bool | None = None,
+        visitor: Visitor | None = None,
         **custom_data_fields: Any,
     ) -> TrackResult:
         """Send one event to Meta in the background, with this request's match keys.
+
+        With ``visitor`` (another request's `Visitor`, e.g. in a payment webhook), the event
+        carries that visitor's IP, user agent, cookies, URLs and consent instead of this
+        request's own (`CAPIClient.track`).
 
         ``client_ip_address``, ``client_user_agent``, ``fbc``, ``fbp``, ``event_source_url`` and
         ``referrer_url`` come from the request; keys given in ``user_data`` win (give one as None
@@ -311,6 +332,18 @@ class RequestContext:
         input is invalid (`CAPIValidationError`).
         """
         client = self._client
+        if visitor is not None:
+            return client.track(
+                event_name,
+                visitor=visitor,
+                user_data=user_data,
+                custom_data=custom_data,
+                event_id=event_id,
+                event_time=event_time,
+                action_source=action_source,
+                durable=durable,
+                **custom_data_fields,
+            )
         try:
             if self._error is not None:
                 return TrackResult(
@@ -350,6 +383,19 @@ class RequestContext:
                 problems=(Problem("track", "internal error in capi_middleware; see the log"),),
                 event_name=event_name if isinstance(event_name, str) else "",
             )
+
+    def visitor(self) -> Visitor:
+        """This request's match context and consent as a `Visitor`, to store with an order.
+
+        A webhook or a job later sends the conversion with it (``client.track(...,
+        visitor=v)``). A denied request gives a denied visitor holding no match keys. Never
+        raises: a value that fails validation is left out.
+        """
+        try:
+            return Visitor.capture(self)
+        except Exception as exc:
+            self._client.count_internal_error("capture_errors", "visitor()", exc)
+            return Visitor(consent=_UNDECIDED)
 
     # -- the enhancement cookie ---------------------------------------------------------------
 

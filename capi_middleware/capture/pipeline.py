@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,7 +37,7 @@ from capi_middleware.rules.page_url import (
     page_host,
 )
 
-__all__ = ["CapturePipeline", "is_shared_cacheable"]
+__all__ = ["CapturePipeline", "cookies_not_set_by_app", "is_shared_cacheable"]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -242,6 +242,8 @@ class CapturePipeline:
         ctx.consent = outcome.consent
         ctx.fbc = outcome.fbc
         ctx.fbp = outcome.fbp
+        if raw and b"_fbi" in raw and outcome.consent.granted:
+            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
         if outcome.kept is not None:
             try:
                 self._apply_plan(ctx, outcome.kept, None)
@@ -336,6 +338,8 @@ class CapturePipeline:
         # Consent comes before any cookie is set or any event queued.
         decision = ctx.consent = self._decide(ctx, facts.consent)
         if decision.granted:
+            if cookie_header and "_fbi" in cookie_header:  # Meta's Parameter Builder's IP
+                ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
             page = ctx.page_host()
             if page is not None:
                 try:
@@ -618,3 +622,13 @@ def is_shared_cacheable(cache_control: str | None) -> bool:
     if "private" in directives or "no-store" in directives:
         return False
     return "public" in directives or "s-maxage" in directives
+
+
+def cookies_not_set_by_app(ours: list[str], app_set_cookies: Iterable[str]) -> list[str]:
+    """Our Set-Cookie values, less those for a cookie the app's own response already sets.
+
+    Adapters append ours after the app's; two Set-Cookie headers for one name (say with
+    different Domain attributes) leave the browser with two cookies (issue 10).
+    """
+    taken = {value.split("=", 1)[0].strip() for value in app_set_cookies}
+    return [cookie for cookie in ours if cookie.split("=", 1)[0] not in taken]
