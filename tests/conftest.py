@@ -63,6 +63,13 @@ class RedisServer:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, Redis keeps only what its append-only file holds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
     def client(self) -> object:
         import redis
 

@@ -45,11 +45,18 @@ def _config_from_args(args: argparse.Namespace, **extra: Any) -> CAPIConfig:
     )
 
 
+def _version() -> str:
+    from capi_middleware import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capi-middleware",
         description="Meta Conversions API middleware: demo, checks, test events and outbox tools.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -78,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--event-name", default="PageView", help="event name (default PageView)")
     send.add_argument("--url", default="https://example.com/", help="event_source_url")
     send.add_argument("--email", help="an email to hash and send as em")
+    send.add_argument(
+        "--value", type=float, help="custom_data.value, e.g. 79.99 (a Purchase needs --currency)"
+    )
+    send.add_argument("--currency", help="custom_data.currency, ISO 4217, e.g. USD")
 
     check = sub.add_parser(
         "check",
@@ -93,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--build", action="store_true", help="treat the input as track() input and build it"
     )
     check.add_argument(
-        "--config-only", action="store_true", help="check only the META_* configuration"
+        "--config-only",
+        action="store_true",
+        help="check only the META_* configuration (fails when no pixel is configured)",
     )
 
     try:
@@ -155,7 +168,15 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         print(f"config: {exc}", file=out)
         return 1
-    print(f"config: ok ({len(config.destinations())} pixel(s))", file=out)
+    pixels = len(config.destinations())
+    if pixels == 0 and args.config_only:
+        print(
+            "config: no pixel configured: set META_PIXEL_ID and META_ACCESS_TOKEN"
+            + (" (META_DRY_RUN is set: events would only be logged)" if config.dry_run else ""),
+            file=out,
+        )
+        return 1
+    print(f"config: ok ({pixels} pixel(s))", file=out)
     if config.test_event_code:
         print("config: warning: META_TEST_EVENT_CODE is set; remove it in production", file=out)
     if args.config_only:
@@ -226,9 +247,15 @@ def _send_test_event(args: argparse.Namespace, out: TextIO) -> int:
         user_data["email"] = args.email
     else:
         user_data["external_id"] = "capi-middleware-test"
+    custom_data: dict[str, Any] = {}
+    if args.value is not None:
+        custom_data["value"] = args.value
+    if args.currency:
+        custom_data["currency"] = args.currency
     result = build_event(
         args.event_name,
         user_data=user_data,
+        custom_data=custom_data,
         event_source_url=args.url,
         now=time.time(),
         hash_external_id=config.hash_external_id,

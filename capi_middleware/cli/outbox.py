@@ -1,5 +1,8 @@
 """``capi-middleware outbox status|dead|replay|purge PATH``: inspect a SQLite outbox, act on it.
 
+A ``redis://`` or ``rediss://`` URL instead of a path is the fleet's Redis outbox
+(`capi_middleware.cli.outbox_redis`).
+
 Only ids, names, counts and Meta's error fields are printed, never an event's payload: the
 payloads carry hashed user data, IP addresses and user agents.
 
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from capi_middleware.config import is_redis_url
 from capi_middleware.delivery.outbox_schema import OutboxFileError, open_outbox_file
 
 __all__ = ["add_outbox_parser", "main", "run_outbox"]
@@ -54,7 +58,8 @@ def add_outbox_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser = subparsers.add_parser(
         "outbox",
         help="inspect and act on a durable outbox (status, dead, replay, purge)",
-        description="Inspect a SQLite outbox (outbox=...) and replay or purge its dead letters.",
+        description="Inspect an outbox (outbox=...: a SQLite file or a redis:// URL) and replay "
+        "or purge its dead letters.",
     )
     _configure(parser)
 
@@ -63,12 +68,14 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_outbox)
     actions = parser.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
 
-    status = actions.add_parser("status", help="pending, leased and dead counts, oldest event")
-    status.add_argument("path", help="the outbox file")
+    status = actions.add_parser(
+        "status", help="pending, leased and dead counts, oldest event (per consumer for Redis)"
+    )
+    status.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     status.add_argument("--json", action="store_true", help="print JSON")
 
     dead = actions.add_parser("dead", help="list dead letters, newest first")
-    dead.add_argument("path", help="the outbox file")
+    dead.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     dead.add_argument("--json", action="store_true", help="print JSON lines")
     dead.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     _add_filters(dead)
@@ -76,11 +83,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     replay = actions.add_parser(
         "replay", help="move dead letters back to pending (all, or those matching the filters)"
     )
-    replay.add_argument("path", help="the outbox file")
+    replay.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     _add_filters(replay)
 
     purge = actions.add_parser("purge", help="delete dead letters (all, or those matching)")
-    purge.add_argument("path", help="the outbox file")
+    purge.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     _add_filters(purge)
     purge.add_argument("--yes", action="store_true", help="really delete")
 
@@ -112,6 +119,10 @@ def run_outbox(args: argparse.Namespace) -> int:
     if action not in ("status", "dead", "replay", "purge"):
         print("capi-middleware outbox: choose status, dead, replay or purge", file=sys.stderr)
         return 2
+    if is_redis_url(args.path):
+        from capi_middleware.cli.outbox_redis import run_redis_outbox
+
+        return run_redis_outbox(args)
     try:
         conn = open_outbox_file(args.path)
     except OutboxFileError as exc:
@@ -301,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list = args_list[1:]
     parser = argparse.ArgumentParser(
         prog="capi-middleware outbox",
-        description="Inspect a SQLite outbox and replay or purge its dead letters.",
+        description="Inspect an outbox (a SQLite file or a redis:// URL) and replay or purge "
+        "its dead letters.",
     )
     _configure(parser)
     try:

@@ -53,6 +53,7 @@ __all__ = [
     "is_too_old",
     "map_custom_data",
     "map_event_name",
+    "near_standard_name",
     "new_event_id",
     "validate_event",
 ]
@@ -144,6 +145,46 @@ def new_event_id() -> str:
 def map_event_name(name: str) -> str:
     """GA4 event name -> Meta's standard name (``purchase`` -> ``Purchase``); others unchanged."""
     return GA4_EVENT_NAMES.get(name, name)
+
+
+def near_standard_name(name: str) -> str | None:
+    """The standard event name ``name`` probably meant, or None.
+
+    A name that is not standard but one edit away from a standard one, case aside (one letter
+    added, dropped, changed, or two neighbours swapped: ``Purchse``, ``AddToCard``,
+    ``purchase`` after GA4 mapping has had its chance, ``ViewConent``), is most likely a typo:
+    Meta would take it as a custom event and the standard one would never be counted.
+    """
+    if not isinstance(name, str) or name in STANDARD_EVENTS:
+        return None
+    low = name.lower()
+    for standard in _STANDARD_SORTED:
+        if _one_edit_apart(low, standard.lower()):
+            return standard
+    return None
+
+
+_STANDARD_SORTED = tuple(sorted(STANDARD_EVENTS))
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` are equal or one insertion, deletion, substitution or swap of
+    neighbours apart (the restricted Damerau-Levenshtein distance is at most 1)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]  # one letter inserted in b
+    if a[i + 1 :] == b[i + 1 :]:
+        return True  # one letter changed
+    # Two neighbours swapped.
+    return i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
 
 
 def _is_number(value: object) -> bool:

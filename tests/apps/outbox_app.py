@@ -1,7 +1,8 @@
 """Apps for the outbox crash tests (tests/test_outbox_processes.py), run by real servers.
 
 ``uvicorn apps.outbox_app:asgi`` or ``gunicorn apps.outbox_app:wsgi``. As in production,
-pixel_id, access_token, graph_url and the outbox path come from the ``META_*`` environment.
+pixel_id, access_token, graph_url and the outbox (a SQLite path, or a ``redis://`` URL for the
+fleet tests in tests/delivery/test_redis_fleet.py) come from the ``META_*`` environment.
 The knobs a crash test needs come from ``CAPI_TEST_*`` variables (all optional):
 
 - ``CAPI_TEST_SHUTDOWN_TIMEOUT``, ``CAPI_TEST_MAX_QUEUE``: the `CAPIConfig` options.

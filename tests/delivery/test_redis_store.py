@@ -188,13 +188,14 @@ def test_put_claim_ack_retry_dead_letter_and_the_books(
 ) -> None:
     store = RedisStore(outbox)
     stores.append(store)
-    assert store.put([new_event(i) for i in range(30)], wait=True) == 30
+    events = [new_event(i) for i in range(30)]
+    assert store.put(events, wait=True) == 30
     assert store.durable
     assert store.books().backlog == 30
     assert store.books().enqueued == 30
     claimed = store.claim(20, lease_seconds=60, now=time.time())
     assert [e.event_id for e in claimed] == [f"ev-{i}" for i in range(20)]  # oldest first
-    assert claimed[0].payload == new_event(0).payload  # byte for byte
+    assert claimed[0].payload == events[0].payload  # byte for byte
     store.ack([e.id for e in claimed[:10]])
     store.retry([e.id for e in claimed[10:15]], not_before=time.time() + 0.3)
     store.dead_letter(
@@ -435,3 +436,17 @@ def test_a_429_seen_by_one_sender_pauses_the_others(
     for s in (first, second):
         assert s.flush(5)
     assert_balanced(second.stats())
+
+
+def test_a_new_sender_delivers_what_the_stream_holds_without_traffic(
+    outbox: str, make_sender: Callable[..., Sender], fake_graph: FakeGraphAPI
+) -> None:
+    earlier = RedisStore(outbox)
+    earlier.put([new_event(i) for i in range(5)], wait=True)
+    earlier.close(2.0)  # a host that stopped with events still waiting
+    sender = make_sender(outbox)
+    assert wait_until(lambda: len(fake_graph.event_ids) == 5)
+    assert sorted(fake_graph.event_ids) == [f"ev-{i}" for i in range(5)]
+    assert wait_until(lambda: sender.stats().backlog == 0)
+    stats = assert_balanced(sender.stats())
+    assert stats.delivered == 5
