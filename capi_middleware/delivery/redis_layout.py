@@ -29,6 +29,7 @@ __all__ = [
     "BOOKS_SCRIPT",
     "CLAIM_SCRIPT",
     "DEAD_SCRIPT",
+    "ENTRY_FIELDS",
     "GROUP",
     "PAUSE_SCRIPT",
     "REPLAY_SCRIPT",
@@ -39,6 +40,7 @@ __all__ = [
     "encode_group",
     "parse_books",
     "parse_entry",
+    "unpack_msgpack",
 ]
 
 GROUP = "senders"
@@ -111,23 +113,100 @@ def _msgpack_str(b: bytes) -> bytes:
     return b"\xdb" + n.to_bytes(4, "big") + b
 
 
-def parse_entry(fields: Mapping[bytes, bytes]) -> NewEvent | str:
-    """An entry's fields as a `NewEvent`, or why it can not be one (a short, data-free reason)."""
-    if fields.get(b"v") != ENTRY_VERSION:
-        return "not a capi-middleware entry" if b"v" not in fields else "unknown entry version"
+ENTRY_FIELDS = 6  # v, p, i, t, s, d: what CLAIM_SCRIPT returns for each entry, after its id
+
+
+def parse_entry(values: Sequence[Any]) -> NewEvent | str:
+    """An entry's ``v, p, i, t, s, d`` values (False where missing) as a `NewEvent`, or why it can
+    not be one (a short, data-free reason)."""
+    version, pixel, event_id, event_time, source, payload = values
+    if version is False:
+        return "not a capi-middleware entry"
+    if version != ENTRY_VERSION:
+        return "unknown entry version"
+    names = ("p", "i", "t", "s", "d")
+    for name, value in zip(names, (pixel, event_id, event_time, source, payload), strict=True):
+        if value is False:
+            return f"field {name!r} missing"
     try:
-        pixel_id = fields[b"p"].decode("ascii")
-        event_id = fields[b"i"].decode("utf-8")
-        event_time = int(fields[b"t"])
-        action_source = fields[b"s"].decode("ascii")
-        payload = fields[b"d"]
-    except KeyError as exc:
-        return f"field {exc.args[0]!r} missing"
+        pixel_id = pixel.decode("ascii")
+        event = NewEvent(
+            pixel_id, payload, event_id.decode(), int(event_time), source.decode("ascii")
+        )
     except (UnicodeDecodeError, ValueError):
         return "a field is not readable"
     if not pixel_id.isdigit() or not payload.startswith(b"{"):
         return "pixel id or payload malformed"
-    return NewEvent(pixel_id, payload, event_id, event_time, action_source)
+    return event
+
+
+def unpack_msgpack(data: bytes) -> Any:
+    """Read what Redis's ``cmsgpack.pack`` wrote (arrays, maps, strings, integers, booleans).
+
+    A claim comes back as one string instead of a RESP reply of some fifteen parts per entry,
+    which redis-py would parse in Python on the sender's thread.
+    """
+    value, _ = _read(data, 0)
+    return value
+
+
+def _read(d: bytes, i: int) -> tuple[Any, int]:
+    b = d[i]
+    i += 1
+    if b <= 0x7F:
+        return b, i
+    if 0xA0 <= b <= 0xBF:
+        n = b & 0x1F
+        return d[i : i + n], i + n
+    if 0x90 <= b <= 0x9F:
+        return _read_array(d, i, b & 0x0F)
+    if 0x80 <= b <= 0x8F:
+        return _read_map(d, i, b & 0x0F)
+    if b >= 0xE0:
+        return b - 0x100, i
+    if b == 0xC0:
+        return None, i
+    if b in (0xC2, 0xC3):
+        return b == 0xC3, i
+    size = _SIZED.get(b)
+    if size is None:
+        raise ValueError(f"msgpack type 0x{b:02x} not expected from cmsgpack")
+    kind, width = size
+    n = int.from_bytes(d[i : i + width], "big", signed=kind == "int")
+    i += width
+    if kind in ("uint", "int"):
+        return n, i
+    if kind == "str":
+        return d[i : i + n], i + n
+    if kind == "array":
+        return _read_array(d, i, n)
+    return _read_map(d, i, n)
+
+
+_SIZED = {
+    0xC4: ("str", 1), 0xC5: ("str", 2), 0xC6: ("str", 4),
+    0xD9: ("str", 1), 0xDA: ("str", 2), 0xDB: ("str", 4),
+    0xCC: ("uint", 1), 0xCD: ("uint", 2), 0xCE: ("uint", 4), 0xCF: ("uint", 8),
+    0xD0: ("int", 1), 0xD1: ("int", 2), 0xD2: ("int", 4), 0xD3: ("int", 8),
+    0xDC: ("array", 2), 0xDD: ("array", 4), 0xDE: ("map", 2), 0xDF: ("map", 4),
+}  # fmt: skip
+
+
+def _read_array(d: bytes, i: int, n: int) -> tuple[list[Any], int]:
+    out = []
+    for _ in range(n):
+        value, i = _read(d, i)
+        out.append(value)
+    return out, i
+
+
+def _read_map(d: bytes, i: int, n: int) -> tuple[list[Any], int]:
+    # Only an empty Lua table comes back as a map (cmsgpack can not tell it from an array).
+    out = []
+    for _ in range(2 * n):
+        value, i = _read(d, i)
+        out.append(value)
+    return out, i
 
 
 def parse_books(reply: Sequence[Any]) -> Books:
@@ -243,26 +322,50 @@ return n
 
 # KEYS: events, pauses. ARGV: group, consumer, now (ms, wall clock), count, autoclaim (0/1),
 # min idle (ms), autoclaim cursor. Reads the pauses first: while every pixel is paused nothing
-# is claimed, so a paused fleet holds no leases. Reply: {pauses, autoclaim reply or false,
-# XREADGROUP reply or false}.
+# is claimed, so a paused fleet holds no leases. Then a dead consumer's entries (XAUTOCLAIM),
+# then new ones (XREADGROUP). Reply: one MessagePack string (`unpack_msgpack`) of
+# {pauses (flat), the autoclaim cursor or false, flat entries: id, v, p, i, t, s, d, id, ...}
+# with false for a missing field.
 CLAIM_SCRIPT = """
 local pauses = redis.call('HGETALL', KEYS[2])
 local now = tonumber(ARGV[3])
 for i = 1, #pauses, 2 do
-  if pauses[i] == '*' and tonumber(pauses[i + 1]) > now then return {pauses, false, false} end
+  if pauses[i] == '*' and tonumber(pauses[i + 1]) > now then
+    return cmsgpack.pack({pauses, false, {}})
+  end
+end
+local out = {}
+local function add(entry)
+  local f = entry[2]
+  if not f then return end
+  local v, p, i, t, s, d = false, false, false, false, false, false
+  for j = 1, #f, 2 do
+    local k = f[j]
+    if k == 'v' then v = f[j + 1] elseif k == 'p' then p = f[j + 1]
+    elseif k == 'i' then i = f[j + 1] elseif k == 't' then t = f[j + 1]
+    elseif k == 's' then s = f[j + 1] elseif k == 'd' then d = f[j + 1] end
+  end
+  local n = #out
+  out[n + 1] = entry[1]; out[n + 2] = v; out[n + 3] = p; out[n + 4] = i
+  out[n + 5] = t; out[n + 6] = s; out[n + 7] = d
 end
 local count = tonumber(ARGV[4])
-local taken = false
+local cursor = false
 if ARGV[5] == '1' then
-  taken = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[6], ARGV[7], 'COUNT', count)
+  local taken = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[6], ARGV[7], 'COUNT',
+                           count)
+  cursor = taken[1]
+  for _, entry in ipairs(taken[2]) do add(entry) end
   count = count - #taken[2]
 end
-local new = false
 if count > 0 then
-  new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS',
-                   KEYS[1], '>')
+  local new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS',
+                         KEYS[1], '>')
+  if new then
+    for _, entry in ipairs(new[1][2]) do add(entry) end
+  end
 end
-return {pauses, taken, new}
+return cmsgpack.pack({pauses, cursor, out})
 """
 
 # KEYS: pauses. ARGV: field (a pixel id or '*'), until (ms, wall clock), ttl (ms). Keeps the later

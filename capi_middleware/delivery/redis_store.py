@@ -44,6 +44,7 @@ from capi_middleware.delivery.redis_layout import (
     CLAIM_SCRIPT,
     DEAD_SCRIPT,
     EMPTY_BOOKS,
+    ENTRY_FIELDS,
     GROUP,
     PAUSE_SCRIPT,
     REQUEUE_SCRIPT,
@@ -53,6 +54,7 @@ from capi_middleware.delivery.redis_layout import (
     encode_group,
     parse_books,
     parse_entry,
+    unpack_msgpack,
 )
 from capi_middleware.delivery.store import DeadLetter, NewEvent, StoreBooks, StoredEvent
 
@@ -639,17 +641,14 @@ class RedisStore:
         except self._errors as exc:
             self._failed("claim", exc)
             return []
-        pauses, taken, new = reply
+        pauses, cursor, flat = unpack_msgpack(reply)
         self._note_pauses(pauses, now)
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
-        if taken:
-            cursor = taken[0]
-            self._autoclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        if cursor is not False:
+            self._autoclaim_cursor = cursor.decode()
             if self._autoclaim_cursor == "0-0":
                 self._next_autoclaim = mono + max(0.2, self._lease_seconds / 4)
-            entries.extend(_entries(taken[1]))
-        if new:
-            entries.extend(_entries(new[0][1]))
+        step = ENTRY_FIELDS + 1
+        entries = [(flat[k], flat[k + 1 : k + step]) for k in range(0, len(flat), step)]
         out: list[StoredEvent] = []
         malformed: dict[str, list[bytes]] = {}
         with self._cond:
@@ -932,17 +931,6 @@ class RedisStore:
         with self._cond:
             self._books = parse_books(reply)
             self._next_refresh = time.monotonic() + self._refresh_interval
-
-
-def _entries(raw: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Stream entries from a script's raw reply: ``[[id, [field, value, ...]], ...]``."""
-    out: list[tuple[bytes, dict[bytes, bytes]]] = []
-    for item in raw or ():
-        if not item or item[1] is None:
-            continue  # deleted while pending (Redis 6.2 answers nil for those)
-        flat = item[1]
-        out.append((item[0], {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}))
-    return out
 
 
 def _chunks(items: Sequence[bytes]) -> list[Sequence[bytes]]:
