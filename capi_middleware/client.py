@@ -10,6 +10,7 @@ arrows point from capture to the client, never back.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import traceback
 from collections import Counter
@@ -25,6 +26,7 @@ from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
+from capi_middleware.rules.describe import describe_event
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.visitor import Visitor
@@ -370,6 +372,8 @@ class CAPIClient:
                 event.event_name,
                 event.event_id,
             )
+            if config.dry_run == "debug":
+                _print_dry_run(event.to_dict())
             return new_frozen(TrackResult, {"status": "dry_run", **result_args}), event.user_data
 
         sender = self.sender()
@@ -540,6 +544,14 @@ def _warn_if_misspelled(name: str) -> None:
             name[:64],
             meant,
         )
+
+
+def _print_dry_run(event: Mapping[str, Any]) -> None:
+    """``dry_run="debug"``: the event to stderr, as a developer asked (values masked)."""
+    try:
+        print(describe_event(event), file=sys.stderr, flush=True)
+    except Exception as exc:  # a closed or broken stderr must not cost the request
+        log_internal_error("printing a dry_run event", exc)
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
