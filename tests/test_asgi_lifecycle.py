@@ -163,7 +163,7 @@ async def test_exception_after_response_start_keeps_our_cookies() -> None:
         "path": "/",
         "raw_path": b"/",
         "query_string": b"",
-        "headers": [(b"host", b"example.com")],
+        "headers": [(b"host", b"example.com"), (b"accept", b"text/html")],
         "client": ("8.8.8.8", 1),
         "server": ("example.com", 443),
     }

@@ -179,6 +179,7 @@ def test_a_second_start_response_with_exc_info_keeps_the_cookies() -> None:
         "SERVER_PORT": "443",
         "wsgi.url_scheme": "https",
         "REMOTE_ADDR": "8.8.8.8",
+        "HTTP_ACCEPT": "text/html",
     }
     assert list(wrapped(environ, start_response)) == [b"oops"]
     assert len(seen) == 2

@@ -58,7 +58,6 @@ _COOKIE_MEMO_MAX_CHARS = 2048
 _SEARCH_COOKIES_FROM_CHARS = 400
 
 
-
 class _Outcome(NamedTuple):
     """A request's capture outcome, reused for requests with the same key (see `capture_raw`)."""
 
@@ -108,6 +107,9 @@ class CapturePipeline:
         self._has_trust = bool(config.trusted_proxies)
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
+        # Paths no browser requests (webhooks): no cookie is set there, and no memo is used.
+        self._no_cookie_paths = config.no_cookie_paths
+        self._no_cookie_raw_paths = tuple(p.encode("ascii") for p in config.no_cookie_paths)
         self._kept_memo: dict[tuple[str, bool, str | None, str | None], cookie_rules.KeptCookies]
         self._kept_memo = {}
         consent_option = config.consent
@@ -211,6 +213,7 @@ class CapturePipeline:
             self._outcome_memo_on
             and isinstance(query_string, bytes)
             and b"fbclid" not in query_string
+            and not (self._no_cookie_paths and self._no_cookies_for(raw_path))
         ):
             get = header_map.get
             cookie = get(b"cookie")
@@ -267,7 +270,9 @@ class CapturePipeline:
             ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
         if outcome.resend and _is_navigation(ctx):
             ctx.response_cookies.extend(outcome.resend)
-        if outcome.mint_fbp is not None:
+        if outcome.mint_fbp is not None and (
+            raw_cookie is not None or _raw_browser_made(header_map)
+        ):
             try:
                 fbp = cookie_rules.mint_fbp(
                     subdomain_index=outcome.subdomain_index, now_ms=int(time.time() * 1000)
@@ -365,14 +370,25 @@ class CapturePipeline:
 
         # Consent comes before any cookie is set or any event queued.
         decision = ctx.consent = self._decide(ctx, facts.consent)
-        if decision.granted:
-            if cookie_header and "_fbi" in cookie_header:  # Meta's Parameter Builder's IP
-                ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if decision.granted and cookie_header and "_fbi" in cookie_header:
+            # Meta's Parameter Builder's IP
+            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if decision.granted and not (self._no_cookie_paths and self._no_cookies_for(raw_path)):
             page = ctx.page_host()
             if page is not None:
                 try:
+                    # Only a browser gets a new _fbp/_fbc: a webhook, a health check or curl
+                    # would otherwise be handed (and tracked with) a browser id of its own.
+                    browser = cookie_header is not None or _browser_made(raw_map, header)
                     kept = self._plan(
-                        ctx, page, secure, facts.fbc, facts.fbp, fbclid, outcome_key is None
+                        ctx,
+                        page,
+                        secure,
+                        facts.fbc,
+                        facts.fbp,
+                        fbclid if browser else None,
+                        outcome_key is None,
+                        mint=browser,
                     )
                 except Exception as exc:
                     # Keep the request and the context; only the cookies are lost.
@@ -404,6 +420,12 @@ class CapturePipeline:
                 _Outcome(scheme, decision, facts.cookies, None, ctx.fbc, ctx.fbp, (), None, 0),
             )
         return ctx
+
+    def _no_cookies_for(self, raw_path: str | bytes) -> bool:
+        """True when ``raw_path`` starts with one of the ``no_cookie_paths``."""
+        if isinstance(raw_path, bytes):
+            return raw_path.startswith(self._no_cookie_raw_paths)
+        return raw_path.startswith(self._no_cookie_paths)
 
     def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
         # The consent headers in the key (after cookie, host, scheme) are any size a client
@@ -523,6 +545,8 @@ class CapturePipeline:
         raw_fbp: str | None,
         fbclid: str | None,
         remember: bool = True,
+        *,
+        mint: bool = True,
     ) -> cookie_rules.KeptCookies:
         """Set ctx.fbc / ctx.fbp and the Set-Cookie values for this response (with consent).
 
@@ -557,7 +581,7 @@ class CapturePipeline:
         plan = cookie_rules.plan_from_kept(
             kept,
             fbclid=fbclid,
-            set_fbp=self._set_fbp,
+            set_fbp=self._set_fbp and mint,
             now_ms=int(time.time() * 1000),
             resend=lambda: _is_navigation(ctx),
         )
@@ -687,6 +711,41 @@ def _header_reader(
         return None if value is None else cap_header(name, value).decode("latin-1")
 
     return header
+
+
+def _browser_made(
+    raw_map: Mapping[bytes, bytes] | None, header: Callable[[str], str | None]
+) -> bool:
+    """True when a request without a Cookie header still looks like a browser's own.
+
+    Browsers send Fetch Metadata (``Sec-Fetch-*``: Chrome 76+, Firefox 90+, Safari 16.4+), ask
+    for text/html when loading a page, and every one of them has sent a User-Agent beginning
+    ``Mozilla/`` for 25 years. A payment provider's webhook (``Stripe/1.0``, ``Adyen HttpClient``,
+    ``PayPal/...``), a load balancer's health check, curl or an HTTP library does none of these.
+    `CAPIConfig.no_cookie_paths` covers a server that dresses up as a browser.
+    """
+    if raw_map is not None:
+        return _raw_browser_made(raw_map)
+    if header("sec-fetch-mode") is not None or header("sec-fetch-dest") is not None:
+        return True
+    user_agent = header("user-agent")
+    if user_agent is not None and user_agent.startswith("Mozilla/"):
+        return True
+    accept = header("accept")
+    return (accept is not None and "text/html" in accept.lower()) or (
+        header("sec-fetch-site") is not None
+    )
+
+
+def _raw_browser_made(raw_map: Mapping[bytes, bytes]) -> bool:
+    """`_browser_made` over raw ASGI headers."""
+    if b"sec-fetch-mode" in raw_map or b"sec-fetch-dest" in raw_map or b"sec-fetch-site" in raw_map:
+        return True
+    user_agent = raw_map.get(b"user-agent")
+    if type(user_agent) is bytes and user_agent.startswith(b"Mozilla/"):
+        return True
+    accept = raw_map.get(b"accept")
+    return type(accept) is bytes and b"text/html" in accept.lower()
 
 
 def _is_navigation(ctx: RequestContext) -> bool:

@@ -44,6 +44,7 @@ def capture(
     query: str = "",
     **headers: str,
 ) -> RequestContext:
+    headers.setdefault("user_agent", "Mozilla/5.0")  # a browser's (others get no minted cookie)
     return pipe.capture(
         peer=peer,
         scheme=scheme,
@@ -367,7 +368,7 @@ def test_internal_error_in_track_is_reported_not_raised(
 def test_explicit_user_data_wins_and_none_removes() -> None:
     # dry_run does not expose the payload; the delivery tests check the sent event. Here:
     # user_data overriding request values must not make the event invalid.
-    ctx = capture(pipeline(), host="example.com", user_agent="UA")
+    ctx = capture(pipeline(), host="example.com", user_agent="Mozilla/5.0 UA")
     result = ctx.track(
         "Lead", user_data={"client_user_agent": "Other/1.0", "client_ip_address": None}
     )
