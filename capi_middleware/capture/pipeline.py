@@ -58,7 +58,6 @@ _COOKIE_MEMO_MAX_CHARS = 2048
 _SEARCH_COOKIES_FROM_CHARS = 400
 
 
-
 class _Outcome(NamedTuple):
     """A request's capture outcome, reused for requests with the same key (see `capture_raw`)."""
 
