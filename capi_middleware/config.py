@@ -89,6 +89,10 @@ class CAPIConfig:
         cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
             domain of the request's host (Public Suffix List).
         set_fbp: mint ``_fbp`` when the pixel has not (default True).
+        no_cookie_paths: path prefixes (``"/webhooks/"``) of requests no browser makes
+            (payment webhooks, health checks): the middleware sets no cookie on them. Whatever
+            the path, a new ``_fbp``/``_fbc`` is minted only for a request a browser made (it
+            has a Cookie header, a ``Sec-Fetch-*`` header, or an ``Accept`` with text/html).
         outbox: where events wait for delivery [META_OUTBOX]: None keeps them in memory; a path
             is a SQLite file (one host); a ``redis://`` or ``rediss://`` URL, or a
             ``redis.Redis`` client, is a Redis Streams outbox shared by a fleet of hosts (extra
@@ -109,6 +113,11 @@ class CAPIConfig:
         flush_interval: seconds an event may wait for a fuller batch.
         timeout: seconds for one Graph request (Meta recommends 1.5).
         shutdown_timeout: seconds ``close()`` waits for the backlog at shutdown.
+        serverless: deliver (or durably store) each request's events before the app's
+            ASGI/WSGI call returns, for AWS Lambda, Cloud Run and other platforms that freeze
+            the process between requests [META_SERVERLESS].
+        serverless_timeout: seconds a request that tracked something waits for its events
+            with ``serverless`` (what is still undelivered then stays queued or in the outbox).
         on_dead_letter: called (in the sender's thread) with each dead-lettered event record.
     """
 
@@ -125,6 +134,7 @@ class CAPIConfig:
     trust_forwarded_host: bool = False
     cookie_domain: str | None = None
     set_fbp: bool = True
+    no_cookie_paths: tuple[str, ...] = ()
     outbox: str | Any | None = None
     durable: bool = False
     dry_run: bool | Literal["debug"] = False
@@ -138,6 +148,8 @@ class CAPIConfig:
     flush_interval: float = 0.5
     timeout: float = 1.5
     shutdown_timeout: float = 5.0
+    serverless: bool = False
+    serverless_timeout: float = 2.0
     on_dead_letter: Callable[[Mapping[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -183,6 +195,13 @@ class CAPIConfig:
             tuple(str(p).strip() for p in coerce_sequence(self.trusted_proxies)),
         )
         self.trusted_networks()  # validates
+        paths = tuple(coerce_sequence(self.no_cookie_paths))
+        for path in paths:
+            if not isinstance(path, str) or not path.startswith("/") or not path.isascii():
+                raise _invalid(
+                    "no_cookie_paths", "each entry must be an ASCII path prefix starting with '/'"
+                )
+        set_(self, "no_cookie_paths", paths)
         family = self.forwarded_headers
         if isinstance(family, str):
             family = family.strip().lower()
@@ -214,7 +233,7 @@ class CAPIConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise _invalid(name, f"must be an integer from {lo} to {hi}")
-        for name in ("flush_interval", "timeout", "shutdown_timeout"):
+        for name in ("flush_interval", "timeout", "shutdown_timeout", "serverless_timeout"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -292,9 +311,9 @@ class CAPIConfig:
         """Build from ``META_*`` variables; keyword ``overrides`` win over the environment.
 
         Reads META_PIXEL_ID, META_ACCESS_TOKEN, META_APP_SECRET, META_TEST_EVENT_CODE,
-        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_TRUSTED_PROXIES
-        (comma-separated), META_FORWARDED_HEADERS, META_TRUST_FORWARDED_HOST,
-        META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
+        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_SERVERLESS,
+        META_TRUSTED_PROXIES (comma-separated), META_FORWARDED_HEADERS,
+        META_TRUST_FORWARDED_HOST, META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -304,6 +323,8 @@ class CAPIConfig:
                 continue
             if option == "dry_run":
                 values[option] = _parse_dry_run(raw)
+            elif option == "serverless":
+                values[option] = _parse_flag(option, raw)
             elif option == "trusted_proxies":
                 values[option] = tuple(p for p in (s.strip() for s in raw.split(",")) if p)
             elif option == "trust_forwarded_host":
@@ -325,6 +346,7 @@ _ENV_VARS = {
     "api_version": "META_API_VERSION",
     "outbox": "META_OUTBOX",
     "dry_run": "META_DRY_RUN",
+    "serverless": "META_SERVERLESS",
     "trusted_proxies": "META_TRUSTED_PROXIES",
     "forwarded_headers": "META_FORWARDED_HEADERS",
     "trust_forwarded_host": "META_TRUST_FORWARDED_HOST",

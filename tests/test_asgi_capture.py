@@ -151,6 +151,7 @@ async def test_trusted_proxy_scheme_decides_secure_cookie() -> None:
             "x-forwarded-for": "9.9.9.9",
             "x-forwarded-proto": "https",
             "x-forwarded-host": "example.com",
+            "accept": "text/html",
         },
     )
     [fbp] = response.headers.get_list("set-cookie")

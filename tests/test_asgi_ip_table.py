@@ -89,6 +89,7 @@ async def test_proxy_table_through_the_middleware(
     transport = httpx.ASGITransport(app=make_app(options), client=(peer, 40000))
     # Non-ASCII rows go over the wire as UTF-8 bytes, as a client would send them.
     raw = [(k.encode(), v.encode("utf-8")) for k, v in headers.items()]
+    raw.append((b"user-agent", b"Mozilla/5.0 (behind proxies)"))  # a browser: its _fbp matches
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get("http://app.internal/", headers=raw)
     assert response.status_code == 200

@@ -48,7 +48,10 @@ async def visit(headers: dict[str, str], **options: Any) -> httpx.Response:
     )
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
     async with httpx.AsyncClient(transport=transport) as client:
-        return await client.get("http://www.shop.example/", headers=headers)
+        # A browser's page load: a request no browser made gets no minted cookie.
+        return await client.get(
+            "http://www.shop.example/", headers={"accept": "text/html", **headers}
+        )
 
 
 def cookie_domains(response: httpx.Response) -> set[str]:

@@ -97,7 +97,7 @@ async def test_the_apps_return_value_is_returned() -> None:
         "path": "/",
         "raw_path": b"/",
         "query_string": b"",
-        "headers": [(b"host", b"example.com")],
+        "headers": [(b"host", b"example.com"), (b"accept", b"text/html")],  # a browser's
         "client": ("8.8.8.8", 1),
         "scheme": "https",
     }

@@ -67,9 +67,7 @@ class _Outcome(NamedTuple):
     host: str | None  # the page host (granted only; else worked out on first read)
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
-    resend: tuple[str, ...]  # Set-Cookie values that re-send kept cookies on a navigation
-    mint_fbp: str | None  # Set-Cookie attributes when an _fbp must be minted, else None
-    subdomain_index: int
+    kept: cookie_rules.KeptCookies | None  # granted: what `_apply_plan` plans from, per request
 
 
 class _CookieFacts(NamedTuple):
@@ -109,6 +107,9 @@ class CapturePipeline:
         self._trusted_peers: set[str | None] = set()
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
+        # Paths no browser requests (webhooks): no cookie is set there, and no memo is used.
+        self._no_cookie_paths = config.no_cookie_paths
+        self._no_cookie_raw_paths = tuple(p.encode("ascii") for p in config.no_cookie_paths)
         self._kept_memo: dict[tuple[str, bool, str | None, str | None], cookie_rules.KeptCookies]
         self._kept_memo = {}
         consent_option = config.consent
@@ -128,7 +129,9 @@ class CapturePipeline:
         names = reads.cookies if reads is not None else ()
         self._consent_cookies = names
         self._wanted_cookies = (*names, cookie_rules.FBC_COOKIE, cookie_rules.FBP_COOKIE)
-        self._no_cookies = _CookieFacts(None, (None,) * len(names), None, None)
+        self._no_cookies = _CookieFacts(
+            cookies=None, consent=(None,) * len(names), fbc=None, fbp=None
+        )
         self._cookie_memo: dict[str, _CookieFacts] = {}
         # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
         # they depend on is in the key: a built-in policy and no trusted proxies.
@@ -210,6 +213,7 @@ class CapturePipeline:
             self._outcome_memo_on
             and isinstance(query_string, bytes)
             and b"fbclid" not in query_string
+            and not (self._no_cookie_paths and self._no_cookies_for(raw_path))
         ):
             get = header_map.get
             cookie = get(b"cookie")
@@ -264,19 +268,14 @@ class CapturePipeline:
         ctx.fbp = outcome.fbp
         if raw and b"_fbi" in raw and outcome.consent.granted:
             ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
-        if outcome.resend and _is_navigation(ctx):
-            ctx.response_cookies.extend(outcome.resend)
-        if outcome.mint_fbp is not None:
+        if outcome.kept is not None:
             try:
-                fbp = cookie_rules.mint_fbp(
-                    subdomain_index=outcome.subdomain_index, now_ms=int(time.time() * 1000)
-                )
+                # Only a browser gets a new _fbp (see _capture).
+                browser = raw_cookie is not None or _raw_browser_made(header_map)
+                self._apply_plan(ctx, outcome.kept, None, mint=browser)
             except Exception as exc:
                 self.count("capture_errors")
                 log_internal_error("cookie planning", exc)
-            else:
-                ctx.fbp = fbp
-                ctx.response_cookies.add(f"{cookie_rules.FBP_COOKIE}={fbp}{outcome.mint_fbp}")
         return ctx
 
     def _capture(
@@ -364,14 +363,25 @@ class CapturePipeline:
 
         # Consent comes before any cookie is set or any event queued.
         decision = ctx.consent = self._decide(ctx, facts.consent)
-        if decision.granted:
-            if cookie_header and "_fbi" in cookie_header:  # Meta's Parameter Builder's IP
-                ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if decision.granted and cookie_header and "_fbi" in cookie_header:
+            # Meta's Parameter Builder's IP
+            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if decision.granted and not (self._no_cookie_paths and self._no_cookies_for(raw_path)):
             page = ctx.page_host()
             if page is not None:
                 try:
+                    # Only a browser gets a new _fbp/_fbc: a webhook, a health check or curl
+                    # would otherwise be handed (and tracked with) a browser id of its own.
+                    browser = cookie_header is not None or _browser_made(raw_map, header)
                     kept = self._plan(
-                        ctx, page, secure, facts.fbc, facts.fbp, fbclid, outcome_key is None
+                        ctx,
+                        page,
+                        secure,
+                        facts.fbc,
+                        facts.fbp,
+                        fbclid if browser else None,
+                        outcome_key is None,
+                        mint=browser,
                     )
                 except Exception as exc:
                     # Keep the request and the context; only the cookies are lost.
@@ -398,11 +408,23 @@ class CapturePipeline:
             # Nothing here depends on the host: it stays worked out on first read.
             self._store_outcome(
                 outcome_key,
-                # Positional (scheme, consent, cookies, host, fbc, fbp, resend, mint_fbp,
-                # subdomain_index): a NamedTuple built from keywords costs twice as much.
-                _Outcome(scheme, decision, facts.cookies, None, ctx.fbc, ctx.fbp, (), None, 0),
+                _Outcome(
+                    scheme=scheme,
+                    consent=decision,
+                    cookies=facts.cookies,
+                    host=None,
+                    fbc=ctx.fbc,
+                    fbp=ctx.fbp,
+                    kept=None,
+                ),
             )
         return ctx
+
+    def _no_cookies_for(self, raw_path: str | bytes) -> bool:
+        """True when ``raw_path`` starts with one of the ``no_cookie_paths``."""
+        if isinstance(raw_path, bytes):
+            return raw_path.startswith(self._no_cookie_raw_paths)
+        return raw_path.startswith(self._no_cookie_paths)
 
     def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
         # The consent headers in the key (after cookie, host, scheme) are any size a client
@@ -422,31 +444,19 @@ class CapturePipeline:
         facts: _CookieFacts,
         kept: cookie_rules.KeptCookies,
     ) -> None:
-        """Keep a granted request's outcome: what it kept, re-sends and must mint."""
+        """Keep a granted request's outcome: the visitor's validated cookies to plan from."""
         if page_host(raw_map.get(b"host"), scheme) != host:
             return  # the host came from the server address, which is not in the key
         if not _judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
             return
-        fbc_header, fbp_header = kept.fbc_header, kept.fbp_header
-        if fbc_header is not None:
-            resend: tuple[str, ...] = (
-                (fbc_header,) if fbp_header is None else (fbc_header, fbp_header)
-            )
-        else:
-            resend = () if fbp_header is None else (fbp_header,)
-        mint = kept.fbp is None and self._set_fbp
-        # Positional, in _Outcome's field order: a NamedTuple built from keywords costs twice as
-        # much, and this runs on a visitor's first request.
         outcome = _Outcome(
-            scheme,
-            decision,
-            facts.cookies,
-            host,
-            kept.fbc,
-            kept.fbp,
-            resend,
-            kept.attributes if mint else None,
-            kept.subdomain_index,
+            scheme=scheme,
+            consent=decision,
+            cookies=facts.cookies,
+            host=host,
+            fbc=kept.fbc,
+            fbp=kept.fbp,
+            kept=kept,
         )
         self._store_outcome(key, outcome)
 
@@ -473,10 +483,10 @@ class CapturePipeline:
                 if found is None:
                     found = cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
                 facts = _CookieFacts(
-                    cookies,
-                    tuple(map(found.get, self._consent_cookies)),
-                    found.get(cookie_rules.FBC_COOKIE),
-                    found.get(cookie_rules.FBP_COOKIE),
+                    cookies=cookies,
+                    consent=tuple(map(found.get, self._consent_cookies)),
+                    fbc=found.get(cookie_rules.FBC_COOKIE),
+                    fbp=found.get(cookie_rules.FBP_COOKIE),
                 )
             else:
                 facts = self._no_cookies
@@ -522,6 +532,8 @@ class CapturePipeline:
         raw_fbp: str | None,
         fbclid: str | None,
         remember: bool = True,
+        *,
+        mint: bool = True,
     ) -> cookie_rules.KeptCookies:
         """Set ctx.fbc / ctx.fbp and the Set-Cookie values for this response (with consent).
 
@@ -553,17 +565,32 @@ class CapturePipeline:
                 and _judged_for_good(raw_fbc, raw_fbp, kept.fbc, kept.fbp)
             ):
                 _memoize(self._kept_memo, key, kept)
+        self._apply_plan(ctx, kept, fbclid, mint=mint)
+        return kept
+
+    def _apply_plan(
+        self,
+        ctx: RequestContext,
+        kept: cookie_rules.KeptCookies,
+        fbclid: str | None,
+        *,
+        mint: bool = True,
+    ) -> None:
+        """Meta §4's cookie plan for this request (`cookies.plan_from_kept`), onto ``ctx``.
+
+        Kept cookies are re-sent only on a document navigation (`is_navigation`); minting
+        depends on the clock, so it runs on every request, memoized or not.
+        """
         plan = cookie_rules.plan_from_kept(
             kept,
             fbclid=fbclid,
-            set_fbp=self._set_fbp,
+            set_fbp=self._set_fbp and mint,
             now_ms=int(time.time() * 1000),
             resend=lambda: _is_navigation(ctx),
         )
         ctx.response_cookies.extend(plan.set_cookie)
         ctx.fbc = plan.fbc
         ctx.fbp = plan.fbp
-        return kept
 
 
 # -- forwarding headers from a peer that is not trusted ----------------------------------------
@@ -696,6 +723,41 @@ def _header_reader(
         return None if value is None else cap_header(name, value).decode("latin-1")
 
     return header
+
+
+def _browser_made(
+    raw_map: Mapping[bytes, bytes] | None, header: Callable[[str], str | None]
+) -> bool:
+    """True when a request without a Cookie header still looks like a browser's own.
+
+    Browsers send Fetch Metadata (``Sec-Fetch-*``: Chrome 76+, Firefox 90+, Safari 16.4+), ask
+    for text/html when loading a page, and every one of them has sent a User-Agent beginning
+    ``Mozilla/`` for 25 years. A payment provider's webhook (``Stripe/1.0``, ``Adyen HttpClient``,
+    ``PayPal/...``), a load balancer's health check, curl or an HTTP library does none of these.
+    `CAPIConfig.no_cookie_paths` covers a server that dresses up as a browser.
+    """
+    if raw_map is not None:
+        return _raw_browser_made(raw_map)
+    if header("sec-fetch-mode") is not None or header("sec-fetch-dest") is not None:
+        return True
+    user_agent = header("user-agent")
+    if user_agent is not None and user_agent.startswith("Mozilla/"):
+        return True
+    accept = header("accept")
+    return (accept is not None and "text/html" in accept.lower()) or (
+        header("sec-fetch-site") is not None
+    )
+
+
+def _raw_browser_made(raw_map: Mapping[bytes, bytes]) -> bool:
+    """`_browser_made` over raw ASGI headers."""
+    if b"sec-fetch-mode" in raw_map or b"sec-fetch-dest" in raw_map or b"sec-fetch-site" in raw_map:
+        return True
+    user_agent = raw_map.get(b"user-agent")
+    if type(user_agent) is bytes and user_agent.startswith(b"Mozilla/"):
+        return True
+    accept = raw_map.get(b"accept")
+    return type(accept) is bytes and b"text/html" in accept.lower()
 
 
 def _is_navigation(ctx: RequestContext) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from capi_middleware.errors import Problem
+from capi_middleware.errors import Problem, unknown_key_field
 from capi_middleware.normalize import CLEAR_KEYS, HASHED_KEYS, is_sha256_hex
 from capi_middleware.rules.request_body import encode_json
 
@@ -262,9 +262,10 @@ def _check_user_data(event: Mapping[str, Any], action_source: str, problems: lis
             if not (isinstance(value, str) or is_int(value)):
                 problems.append(Problem(path, "must be a string"))
         else:
-            problems.append(
-                Problem(path, "is not a user_data key Meta knows; it is ignored", fatal=False)
-            )
+            # Named by its shape unless a near miss: a key may be a personal value (issue 10).
+            field, what, hint = unknown_key_field("user_data", key, sorted(_HASHED | _CLEAR))
+            said = f"{what}, Meta ignores it" + (f"; {hint}" if hint else "")
+            problems.append(Problem(field, said, fatal=False))
             continue
         if _present(value):
             keys.add(key)
