@@ -219,6 +219,11 @@ class CAPIMiddleware:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.client.stats()
 
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.client.match_quality()
+
 
 def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     """An ASGI header list as lowercase name -> value, each name once, for `capture_raw`.
