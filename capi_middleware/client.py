@@ -30,7 +30,6 @@ from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
 from capi_middleware.rules.describe import describe_event
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
-from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
@@ -383,7 +382,7 @@ class CAPIClient:
             )
             if config.dry_run == "debug":
                 _print_dry_run(event.to_dict())
-            return new_frozen(TrackResult, {"status": "dry_run", **result_args}), event.user_data
+            return TrackResult(status="dry_run", **result_args), event.user_data
 
         sender = self.sender()
         assert built.payload is not None  # build_event encodes every event it returns
@@ -405,8 +404,7 @@ class CAPIClient:
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
-        # TrackResult(...) without its frozen __init__ (capi_middleware/rules/frozen.py).
-        return new_frozen(TrackResult, {"status": status, **result_args}), event.user_data
+        return TrackResult(status=status, **result_args), event.user_data
 
     # -- the sender -------------------------------------------------------------------------
 

@@ -67,9 +67,7 @@ class _Outcome(NamedTuple):
     host: str | None  # the page host (granted only; else worked out on first read)
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
-    resend: tuple[str, ...]  # Set-Cookie values that re-send kept cookies on a navigation
-    mint_fbp: str | None  # Set-Cookie attributes when an _fbp must be minted, else None
-    subdomain_index: int
+    kept: cookie_rules.KeptCookies | None  # granted: what `_apply_plan` plans from, per request
 
 
 class _CookieFacts(NamedTuple):
@@ -129,7 +127,9 @@ class CapturePipeline:
         names = reads.cookies if reads is not None else ()
         self._consent_cookies = names
         self._wanted_cookies = (*names, cookie_rules.FBC_COOKIE, cookie_rules.FBP_COOKIE)
-        self._no_cookies = _CookieFacts(None, (None,) * len(names), None, None)
+        self._no_cookies = _CookieFacts(
+            cookies=None, consent=(None,) * len(names), fbc=None, fbp=None
+        )
         self._cookie_memo: dict[str, _CookieFacts] = {}
         # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
         # they depend on is in the key: a built-in policy and no trusted proxies.
@@ -268,21 +268,14 @@ class CapturePipeline:
         ctx.fbp = outcome.fbp
         if raw and b"_fbi" in raw and outcome.consent.granted:
             ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
-        if outcome.resend and _is_navigation(ctx):
-            ctx.response_cookies.extend(outcome.resend)
-        if outcome.mint_fbp is not None and (
-            raw_cookie is not None or _raw_browser_made(header_map)
-        ):
+        if outcome.kept is not None:
             try:
-                fbp = cookie_rules.mint_fbp(
-                    subdomain_index=outcome.subdomain_index, now_ms=int(time.time() * 1000)
-                )
+                # Only a browser gets a new _fbp (see _capture).
+                browser = raw_cookie is not None or _raw_browser_made(header_map)
+                self._apply_plan(ctx, outcome.kept, None, mint=browser)
             except Exception as exc:
                 self.count("capture_errors")
                 log_internal_error("cookie planning", exc)
-            else:
-                ctx.fbp = fbp
-                ctx.response_cookies.add(f"{cookie_rules.FBP_COOKIE}={fbp}{outcome.mint_fbp}")
         return ctx
 
     def _capture(
@@ -415,9 +408,15 @@ class CapturePipeline:
             # Nothing here depends on the host: it stays worked out on first read.
             self._store_outcome(
                 outcome_key,
-                # Positional (scheme, consent, cookies, host, fbc, fbp, resend, mint_fbp,
-                # subdomain_index): a NamedTuple built from keywords costs twice as much.
-                _Outcome(scheme, decision, facts.cookies, None, ctx.fbc, ctx.fbp, (), None, 0),
+                _Outcome(
+                    scheme=scheme,
+                    consent=decision,
+                    cookies=facts.cookies,
+                    host=None,
+                    fbc=ctx.fbc,
+                    fbp=ctx.fbp,
+                    kept=None,
+                ),
             )
         return ctx
 
@@ -445,31 +444,19 @@ class CapturePipeline:
         facts: _CookieFacts,
         kept: cookie_rules.KeptCookies,
     ) -> None:
-        """Keep a granted request's outcome: what it kept, re-sends and must mint."""
+        """Keep a granted request's outcome: the visitor's validated cookies to plan from."""
         if page_host(raw_map.get(b"host"), scheme) != host:
             return  # the host came from the server address, which is not in the key
         if not _judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
             return
-        fbc_header, fbp_header = kept.fbc_header, kept.fbp_header
-        if fbc_header is not None:
-            resend: tuple[str, ...] = (
-                (fbc_header,) if fbp_header is None else (fbc_header, fbp_header)
-            )
-        else:
-            resend = () if fbp_header is None else (fbp_header,)
-        mint = kept.fbp is None and self._set_fbp
-        # Positional, in _Outcome's field order: a NamedTuple built from keywords costs twice as
-        # much, and this runs on a visitor's first request.
         outcome = _Outcome(
-            scheme,
-            decision,
-            facts.cookies,
-            host,
-            kept.fbc,
-            kept.fbp,
-            resend,
-            kept.attributes if mint else None,
-            kept.subdomain_index,
+            scheme=scheme,
+            consent=decision,
+            cookies=facts.cookies,
+            host=host,
+            fbc=kept.fbc,
+            fbp=kept.fbp,
+            kept=kept,
         )
         self._store_outcome(key, outcome)
 
@@ -496,10 +483,10 @@ class CapturePipeline:
                 if found is None:
                     found = cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
                 facts = _CookieFacts(
-                    cookies,
-                    tuple(map(found.get, self._consent_cookies)),
-                    found.get(cookie_rules.FBC_COOKIE),
-                    found.get(cookie_rules.FBP_COOKIE),
+                    cookies=cookies,
+                    consent=tuple(map(found.get, self._consent_cookies)),
+                    fbc=found.get(cookie_rules.FBC_COOKIE),
+                    fbp=found.get(cookie_rules.FBP_COOKIE),
                 )
             else:
                 facts = self._no_cookies
@@ -578,6 +565,22 @@ class CapturePipeline:
                 and _judged_for_good(raw_fbc, raw_fbp, kept.fbc, kept.fbp)
             ):
                 _memoize(self._kept_memo, key, kept)
+        self._apply_plan(ctx, kept, fbclid, mint=mint)
+        return kept
+
+    def _apply_plan(
+        self,
+        ctx: RequestContext,
+        kept: cookie_rules.KeptCookies,
+        fbclid: str | None,
+        *,
+        mint: bool = True,
+    ) -> None:
+        """Meta §4's cookie plan for this request (`cookies.plan_from_kept`), onto ``ctx``.
+
+        Kept cookies are re-sent only on a document navigation (`is_navigation`); minting
+        depends on the clock, so it runs on every request, memoized or not.
+        """
         plan = cookie_rules.plan_from_kept(
             kept,
             fbclid=fbclid,
@@ -588,7 +591,6 @@ class CapturePipeline:
         ctx.response_cookies.extend(plan.set_cookie)
         ctx.fbc = plan.fbc
         ctx.fbp = plan.fbp
-        return kept
 
 
 # -- forwarding headers from a peer that is not trusted ----------------------------------------

@@ -15,14 +15,12 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from capi_middleware.errors import Problem
 from capi_middleware.normalize import normalize_user_data
 from capi_middleware.rules.custom_data import map_custom_data
-from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.rules.request_body import (
     MAX_EVENTS_PER_REQUEST,
     appsecret_proof,
@@ -197,9 +195,8 @@ def _is_number(value: object) -> bool:
 # -- the model ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Event:
-    """One built, validated server event.
+class Event(NamedTuple):
+    """One built, validated server event (an immutable value).
 
     Parameters:
         event_name: Meta's name (standard or custom).
@@ -258,8 +255,7 @@ class Event:
         return out
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(NamedTuple):
     """What `build_event` made of its input.
 
     Parameters:
@@ -387,24 +383,20 @@ def build_event(
 
     if any(p.fatal for p in problems):
         return BuildResult(event=None, problems=tuple(problems))
-    # Event(**these) without its frozen __init__, which costs ~2,000 instructions a field
-    # (capi_middleware/frozen.py); event_time was validated as an int above.
-    event = new_frozen(
-        Event,
-        {
-            "event_name": name,
-            "event_time": seconds,
-            "event_id": event_id,
-            "action_source": source,
-            "user_data": hashed,
-            "custom_data": mapped_custom,
-            "event_source_url": event_source_url,
-            "referrer_url": referrer_url,
-            "opt_out": opt_out,
-            "data_processing_options": ("LDU",) if ldu else None,
-            "data_processing_options_country": ldu_country if ldu else None,
-            "data_processing_options_state": ldu_state if ldu else None,
-        },
+    # event_time was validated as an int above.
+    event = Event(
+        event_name=name,
+        event_time=seconds,  # type: ignore[arg-type]
+        event_id=event_id,
+        action_source=source,
+        user_data=hashed,
+        custom_data=mapped_custom,
+        event_source_url=event_source_url,
+        referrer_url=referrer_url,
+        opt_out=opt_out,
+        data_processing_options=("LDU",) if ldu else None,
+        data_processing_options_country=ldu_country if ldu else None,
+        data_processing_options_state=ldu_state if ldu else None,
     )
     try:
         encoded = encode_json(event.to_dict())
@@ -415,6 +407,4 @@ def build_event(
     if too_big is not None:
         problems.append(too_big)
         return BuildResult(event=None, problems=tuple(problems))
-    return new_frozen(
-        BuildResult, {"event": event, "problems": tuple(problems), "payload": encoded}
-    )
+    return BuildResult(event=event, problems=tuple(problems), payload=encoded)

@@ -1093,3 +1093,23 @@ def test_event_is_frozen() -> None:
     event = Event("Lead", 1, "e", "website", {}, {})
     with pytest.raises(AttributeError):
         event.event_name = "Purchase"  # type: ignore[misc]
+
+
+def test_ldu_and_urls_reach_the_event() -> None:
+    built = build_event(
+        "Lead",
+        user_data={
+            "email": "a@example.com",
+            "client_ip_address": "203.0.113.7",
+            "client_user_agent": "t",
+        },
+        event_source_url="https://shop.example.com/",
+        referrer_url="https://www.google.com/",
+        ldu=True,
+    )
+    assert built.event is not None
+    assert built.event.data_processing_options == ("LDU",)
+    body = built.event.to_dict()
+    assert body["data_processing_options_country"] == 0
+    assert body["referrer_url"] == "https://www.google.com/"
+    assert body["event_source_url"] == "https://shop.example.com/"
