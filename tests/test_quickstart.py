@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from live import free_port, wait_until_serving
 
 from capi_middleware.testing import FakeGraphAPI
 
@@ -35,17 +34,10 @@ def _quick_start_code() -> str:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI(access_token="EAAB...") as api:  # the Quick start's token
-        yield api
-
-
-@pytest.fixture
 def shop(tmp_path: Path, fake: FakeGraphAPI) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    fake.access_token = "EAAB..."  # the Quick start's token
     (tmp_path / "main.py").write_text(_quick_start_code(), encoding="utf-8")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("META_")}
     env.update({"META_GRAPH_URL": fake.url, "PYTHONUNBUFFERED": "1"})
     proc = subprocess.Popen(
@@ -58,15 +50,8 @@ def shop(tmp_path: Path, fake: FakeGraphAPI) -> Iterator[tuple[str, subprocess.P
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "uvicorn did not come up within a minute"
-            try:
-                httpx.get(f"{base}/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        # "within a minute"
+        wait_until_serving(f"{base}/docs", proc, timeout=60, logs=lambda: proc.communicate()[1])
         yield base, proc
     finally:
         if proc.poll() is None:

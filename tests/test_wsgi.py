@@ -341,12 +341,6 @@ def test_env_vars_fill_unset_options(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- delivery ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        yield api
-
-
 def test_a_purchase_reaches_meta_with_the_visitors_match_keys(fake: FakeGraphAPI) -> None:
     app = CAPIWSGIMiddleware(
         json_app,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from capi_middleware.cli.terminal import printable
 from capi_middleware.delivery.redis_layout import (
     BOOKS_SCRIPT,
     GROUP,
@@ -123,7 +124,8 @@ def _status(client: Any, keys: Keys, where: str, args: argparse.Namespace) -> in
     if consumers:
         print("consumers (host:pid:random):")
         for c in report["consumers"]:
-            print(f"  {c['name']}: pending {c['pending']}, idle {_human_age(c['idle_seconds'])}")
+            idle = _human_age(c["idle_seconds"])
+            print(f"  {printable(c['name'])}: pending {c['pending']}, idle {idle}")
     return 0
 
 
@@ -143,12 +145,14 @@ def _dead(client: Any, keys: Keys, args: argparse.Namespace) -> int:
         return 0
     for d in letters:
         code = "-" if d["code"] is None else f"{d['code']}/{d['subcode'] or '-'}"
-        message = str(d["message"])
+        # Stored text, escaped: a stored message must not drive the terminal (issue 10).
+        message = printable(d["message"])
         if len(message) > 80:
             message = message[:77] + "..."
         print(
-            f"{d['time']}  {d['event_id'] or '?'}  {d['event_name'] or '?'}  pixel "
-            f"{d['pixel_id'] or '?'}  {d['reason']}  code {code}  {message}"
+            f"{d['time']}  {printable(d['event_id'] or '?')}  {printable(d['event_name'] or '?')}"
+            f"  pixel {printable(d['pixel_id'] or '?')}  {printable(d['reason'])}  "
+            f"code {printable(code)}  {message}"
         )
     print(f"({len(letters)} of {total} shown)")
     return 0

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from live import wait_until
 
 from capi_middleware.config import CAPIConfig, Destination
 from capi_middleware.delivery.memory_store import MemoryStore
@@ -25,11 +26,11 @@ from capi_middleware.delivery.sender import Sender, get_sender
 from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.delivery.store import NewEvent
 from capi_middleware.testing.fake import FAKE_PIXEL_ID, FakeGraphAPI
-from capi_middleware.testing.fake import fake_graph as fake_graph
 
 EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
 APP_SECRET = "app-secret-never-logged"
 WAIT = 10.0
+SENDER_THREAD = "capi-middleware-sender"  # the worker's name, as thread dumps show it
 
 
 def make_event(
@@ -60,15 +61,6 @@ def assert_balanced(stats: DeliveryStats) -> DeliveryStats:
     ), stats
     assert stats.balanced
     return stats
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def assert_exactly_once(fake: FakeGraphAPI, ids: list[str], pixel_id: str | None = None) -> None:
@@ -570,15 +562,14 @@ def test_flush_close_and_submit_after_close(
     fake_graph: FakeGraphAPI,
     make_sender: Callable[..., Sender],
 ) -> None:
+    running = set(threading.enumerate())
     sender = make_sender(flush_interval=30.0)  # only flush/close sends the partial batch
     ids = submit_all(sender, 7)
+    (worker,) = [t for t in set(threading.enumerate()) - running if t.name == SENDER_THREAD]
+    assert worker.daemon
     assert sender.close(WAIT) is True
     assert_exactly_once(fake_graph, ids)
-    worker = sender._thread
-    assert worker is not None
     assert not worker.is_alive()
-    assert worker.daemon
-    assert worker.name == "capi-middleware-sender"
     late = sender.submit(make_event())
     assert not late.ok
     assert late.reason == "closed"

@@ -18,7 +18,8 @@ import anyio
 import httpx
 import pytest
 import redis
-from conftest import RedisServer, _free_port
+from conftest import RedisServer
+from live import free_port, wait_until
 
 from capi_middleware import CAPIMiddleware
 from capi_middleware.config import CAPIConfig
@@ -27,18 +28,8 @@ from capi_middleware.delivery.sender import Sender
 from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.delivery.store import DeadLetter, NewEvent, SharedStore, StoredEvent
 from capi_middleware.testing import FAKE_PIXEL_ID, FakeGraphAPI
-from capi_middleware.testing import fake_graph as fake_graph
 
 WAIT = 10.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def claim_until(store: RedisStore, count: int, *, lease: float = 60) -> list[StoredEvent]:
@@ -306,7 +297,7 @@ def test_put_is_bounded_by_max_events(outbox: str, stores: list[RedisStore]) -> 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(_free_port(), tmp_path)
+    server = RedisServer(free_port(), tmp_path)
     server.start()
     try:
         yield server
@@ -365,7 +356,7 @@ def test_redis_restart_with_aof_keeps_what_it_acknowledged(
 
 
 def test_a_store_that_cannot_reach_redis_never_raises(stores: list[RedisStore]) -> None:
-    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", socket_timeout=0.2)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2)
     stores.append(store)
     assert store.put([new_event(1)], wait=True) == 1
     assert store.claim(10, lease_seconds=60, now=time.time())[0].event_id == "ev-1"
