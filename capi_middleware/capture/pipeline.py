@@ -103,6 +103,8 @@ class CapturePipeline:
             site=config.cookie_domain,
         )
         self._has_trust = bool(config.trusted_proxies)
+        # Peers found trusted when their forwarding headers were checked (check_forwarding_trust).
+        self._trusted_peers: set[str | None] = set()
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
         # Paths no browser requests (webhooks): no cookie is set there, and no memo is used.
@@ -171,13 +173,12 @@ class CapturePipeline:
             headers: lowercase names -> latin-1 values, repeats joined, values capped
                 (`cap_header`). ASGI uses `capture_raw`, which decodes only what it reads.
         """
-        if not _forwarding_checked and (
-            "x-forwarded-for" in headers
-            or "forwarded" in headers
-            or "x-forwarded-proto" in headers
-            or "x-forwarded-host" in headers
+        if (
+            not _forwarding_checked
+            and ("x-forwarded-for" in headers or "forwarded" in headers)
+            and peer not in self._trusted_peers
         ):
-            check_forwarding_trust(peer, headers, self._trust)
+            check_forwarding_trust(peer, headers, self._trust, self._trusted_peers)
         return self._capture(None, headers, peer, scheme, server, raw_path, query_string)
 
     def capture_raw(
@@ -201,13 +202,12 @@ class CapturePipeline:
         # kept cookies and what to mint depend only on the raw Cookie and Host headers, the
         # scheme and the headers the consent policy declares. Inline: this runs on every ASGI
         # request; the raw Cookie and Referer read here are handed on.
-        if not _forwarding_checked and (
-            b"x-forwarded-for" in header_map
-            or b"forwarded" in header_map
-            or b"x-forwarded-proto" in header_map
-            or b"x-forwarded-host" in header_map
+        if (
+            not _forwarding_checked
+            and (b"x-forwarded-for" in header_map or b"forwarded" in header_map)
+            and peer not in self._trusted_peers
         ):
-            check_forwarding_trust(peer, header_map, self._trust)
+            check_forwarding_trust(peer, header_map, self._trust, self._trusted_peers)
         key = None
         if (
             self._outcome_memo_on
@@ -599,6 +599,8 @@ class CapturePipeline:
 # forwarding headers (uvicorn's --proxy-headers). Read on every request before any work.
 _forwarding_checked = False
 
+_TRUSTED_SEEN_MAX = 256
+
 _FORWARDING_LABELS = {
     "x-forwarded-for": "X-Forwarded-For",
     "forwarded": "Forwarded",
@@ -608,7 +610,10 @@ _FORWARDING_LABELS = {
 
 
 def check_forwarding_trust(
-    peer: str | None, headers: Mapping[Any, Any], trust: client_ip_rules.ProxyTrust
+    peer: str | None,
+    headers: Mapping[Any, Any],
+    trust: client_ip_rules.ProxyTrust,
+    trusted_seen: set[str | None],
 ) -> None:
     """Warn once per process when forwarding headers arrive from a peer that is not trusted.
 
@@ -618,11 +623,16 @@ def check_forwarding_trust(
     warning names the header, the peer (a public address only to its /24 or /48: it may be a
     visitor's) and the option. Not said when the peer is an entry of X-Forwarded-For: the
     server already put the client there from the header it trusts (uvicorn
-    ``--forwarded-allow-ips``). Never raises.
+    ``--forwarded-allow-ips``). Called only while a request carries X-Forwarded-For or
+    Forwarded (the headers that carry an address) from a peer not yet in ``trusted_seen``,
+    where trusted peers are remembered (bounded) so that a trusted proxy costs one set lookup
+    per request. Never raises.
     """
     global _forwarding_checked
     try:
         if peer is None or trust.is_trusted(peer):
+            if len(trusted_seen) < _TRUSTED_SEEN_MAX:
+                trusted_seen.add(peer)
             return
         raw = isinstance(next(iter(headers), ""), bytes)  # ASGI's byte names, or WSGI's text
 
