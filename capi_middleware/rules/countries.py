@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pycountry
@@ -40,7 +42,8 @@ _COUNTRY_ALIASES: dict[str, str] = _pairs(
 )
 # CLDR languages whose names map to codes, in priority order: where two languages give one
 # spelling to different countries (Norwegian "Kongo" is CD, Polish "Kongo" is CG), the first
-# wins. Latin-script languages only: `_lookup_key` folds to a-z.
+# wins. English first (the aliases load with it). Latin-script languages only: `_lookup_key`
+# folds to a-z.
 _COUNTRY_NAME_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt", "pl", "sv", "da", "nb", "fi")
 
 # US/Canada state spellings pycountry lacks.
@@ -59,39 +62,71 @@ def _lookup_key(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _country_table() -> dict[str, str]:
-    """Alpha-2 and alpha-3 codes, then names (as `_lookup_key`) -> lowercase alpha-2.
-
-    The first source to claim a key keeps it, in this order: codes (no name shadows a code),
-    ISO's English names, CLDR's English names, the aliases, CLDR's other languages.
-    """
-    from babel import Locale  # loaded here: only a country written as a name needs it
-
+def _code_table() -> dict[str, str]:
+    """Alpha-2 and alpha-3 codes -> lowercase alpha-2: what most events carry, and all it takes
+    to read them (no names loaded)."""
     table: dict[str, str] = {}
-    iso = {country.alpha_2: country for country in pycountry.countries}
-    for alpha2, country in iso.items():
-        table[alpha2.lower()] = alpha2.lower()
-        table[country.alpha_3.lower()] = alpha2.lower()
+    for country in pycountry.countries:
+        table[country.alpha_2.lower()] = country.alpha_2.lower()
+        table[country.alpha_3.lower()] = country.alpha_2.lower()
+    return table
 
-    def add(name: str, alpha2: str) -> None:
-        key = _lookup_key(name)
-        if key and alpha2 in iso:
-            table.setdefault(key, alpha2.lower())
 
-    for alpha2, country in iso.items():
+class _CountryNames:
+    """Names (as `_lookup_key`) -> lowercase alpha-2, loaded in priority order as lookups need.
+
+    The sources, in order: ISO's English names (pycountry), CLDR's English names plus the
+    aliases, then CLDR's other languages one by one (babel). The first source to claim a key
+    keeps it, and a key that is a code is left to the codes. A lookup loads sources only until
+    it finds its key, so "Germany" costs no CLDR locale and "Deutschland" two; since sources
+    load in order, the answer is the same as from a table built whole.
+    """
+
+    def __init__(self) -> None:
+        self._table: dict[str, str] = {}
+        self._loaded = 0  # sources in _table; written under _lock, read without it
+        self._sources: tuple[Callable[[], Iterable[tuple[str, str]]], ...] = (
+            _iso_names,
+            _english_names,
+            *(functools.partial(_cldr_names, lang) for lang in _COUNTRY_NAME_LANGUAGES[1:]),
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        found = self._table.get(key)
+        if found is not None or self._loaded == len(self._sources):
+            return found
+        with self._lock:
+            while (found := self._table.get(key)) is None and self._loaded < len(self._sources):
+                codes = _code_table()
+                for name_key, alpha2 in self._sources[self._loaded]():
+                    if name_key and name_key not in codes and alpha2 in codes:
+                        self._table.setdefault(name_key, alpha2)
+                self._loaded += 1
+        return found
+
+
+def _iso_names() -> Iterator[tuple[str, str]]:
+    for country in pycountry.countries:
         for attr in ("name", "official_name", "common_name"):
             name = getattr(country, attr, None)
             if name:
-                add(name, alpha2)
-    english, *others = (Locale.parse(lang).territories for lang in _COUNTRY_NAME_LANGUAGES)
-    for alpha2, name in english.items():
-        add(name, alpha2)
-    for key, code in _COUNTRY_ALIASES.items():
-        table.setdefault(key, code)
-    for names in others:
-        for alpha2, name in names.items():
-            add(name, alpha2)
-    return table
+                yield _lookup_key(name), country.alpha_2.lower()
+
+
+def _english_names() -> Iterator[tuple[str, str]]:
+    yield from _cldr_names("en")
+    yield from _COUNTRY_ALIASES.items()
+
+
+def _cldr_names(language: str) -> Iterator[tuple[str, str]]:
+    from babel import Locale  # loaded here: only a country written as a name needs it
+
+    for alpha2, name in Locale.parse(language).territories.items():
+        yield _lookup_key(name), alpha2.lower()
+
+
+_country_names = _CountryNames()
 
 
 @functools.lru_cache(maxsize=4)
@@ -119,9 +154,12 @@ def country_code(value: str) -> str | None:
     Names: ISO's (pycountry), CLDR's in English and the languages of
     `_COUNTRY_NAME_LANGUAGES` (babel), and `_COUNTRY_ALIASES`.
     """
-    if len(value) == 2 and value.isascii():
-        return _country_table().get(value.lower())  # the common case: an alpha-2 code
-    return _country_table().get(_lookup_key(value))
+    if len(value) <= 3 and value.isascii():
+        found = _code_table().get(value.lower())  # the common case: a code
+        if found is not None:
+            return found
+    key = _lookup_key(value)
+    return _code_table().get(key) or _country_names.get(key)
 
 
 def state_code(value: str, country: str | None) -> str | None:
