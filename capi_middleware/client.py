@@ -119,13 +119,13 @@ class CAPIClient:
         self.config_error: str | None = None
         if config.test_event_code:
             logger.warning(
-                "capi_middleware: test_event_code is set; events go to Test Events only "
-                "(remove it in production)"
+                "capi_middleware: test_event_code [META_TEST_EVENT_CODE] is set; events go to "
+                "Test Events only (remove it in production)"
             )
         if not config.destinations() and not config.dry_run:
             logger.warning(
-                "capi_middleware: no pixel_id/access_token configured; events will be dropped "
-                "(set META_PIXEL_ID and META_ACCESS_TOKEN, or dry_run=True)"
+                "capi_middleware: no pixel_id [META_PIXEL_ID] / access_token [META_ACCESS_TOKEN] "
+                "configured; events will be dropped (set both, or dry_run=True [META_DRY_RUN])"
             )
 
     @classmethod

@@ -338,6 +338,11 @@ def test_failed_context_reports_error() -> None:
     result = ctx.track("Lead")
     assert result.status == "error"
     assert result.problems == (Problem("request", "capture failed (capture); see the log"),)
+    # The pixel call keeps the event's parameters, whatever the status (TrackResult.fbq).
+    purchase = ctx.track("purchase", value=5, currency="USD")
+    assert purchase.fbq().startswith(
+        'fbq(\'track\', "Purchase", {"value": 5, "currency": "USD"}, {"eventID": '
+    )
 
 
 def test_internal_error_in_track_is_reported_not_raised(
