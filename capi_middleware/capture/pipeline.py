@@ -21,6 +21,7 @@ from capi_middleware.capture.context import LAZY, RequestContext
 from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, MAX_HEADER_CHARS, cap_header
 from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.consent.policies import (
+    NO_SIGNAL_REASON,
     ConsentDecision,
     default_policy,
     evaluate,
@@ -68,6 +69,7 @@ class _Outcome(NamedTuple):
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
     kept: cookie_rules.KeptCookies | None  # granted: what `_apply_plan` plans from, per request
+    expire: tuple[str, ...] = ()  # refused: Set-Cookie values removing ours, on page loads
 
 
 class _CookieFacts(NamedTuple):
@@ -80,6 +82,11 @@ class _CookieFacts(NamedTuple):
 
 
 _CAPTURE_FAILED = ConsentDecision(granted=False, reason="capture_error")
+
+# Denials that are not the visitor's (or the site's policy's) "no": nothing is expired for them.
+_NOT_A_REFUSAL = frozenset(
+    {NO_SIGNAL_REASON, "policy_error", "capture_error", "disabled", "always_denied"}
+)
 
 
 class CapturePipeline:
@@ -268,6 +275,8 @@ class CapturePipeline:
         ctx.fbp = outcome.fbp
         if raw and b"_fbi" in raw and outcome.consent.granted:
             ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if outcome.expire and is_raw_navigation(header_map):
+            ctx.response_cookies.extend(outcome.expire)  # a refusal: ours removed (issue 10)
         if outcome.kept is not None:
             try:
                 # Only a browser gets a new _fbp (see _capture).
@@ -400,12 +409,27 @@ class CapturePipeline:
             ctx.fbp = facts.fbp
         if facts.fbc is not None and cookie_rules.is_valid_fbc(facts.fbc):
             ctx.fbc = facts.fbc
+        expire: tuple[str, ...] = ()
+        if (
+            not decision.granted
+            and decision.reason not in _NOT_A_REFUSAL
+            and not (self._no_cookie_paths and self._no_cookies_for(raw_path))
+        ):
+            try:
+                expire = self._expire_ours(ctx, secure, cookie_header)
+            except Exception as exc:
+                self.count("capture_errors")
+                log_internal_error("expiring cookies", exc)
+                outcome_key = None
+            if expire and _is_navigation(ctx):
+                ctx.response_cookies.extend(expire)
         if (
             outcome_key is not None
             and not decision.granted
             and _judged_for_good(facts.fbc, facts.fbp, ctx.fbc, ctx.fbp)
         ):
-            # Nothing here depends on the host: it stays worked out on first read.
+            # The host stays worked out on first read; the expiry values depend on it, and it
+            # is in the key.
             self._store_outcome(
                 outcome_key,
                 _Outcome(
@@ -416,6 +440,7 @@ class CapturePipeline:
                     fbc=ctx.fbc,
                     fbp=ctx.fbp,
                     kept=None,
+                    expire=expire,
                 ),
             )
         return ctx
@@ -425,6 +450,41 @@ class CapturePipeline:
         if isinstance(raw_path, bytes):
             return raw_path.startswith(self._no_cookie_raw_paths)
         return raw_path.startswith(self._no_cookie_paths)
+
+    def _expire_ours(
+        self, ctx: RequestContext, secure: bool, cookie_header: str | None
+    ) -> tuple[str, ...]:
+        """Set-Cookie values (``Max-Age=0``) that remove what we set, when consent is refused.
+
+        Issue 10: a visitor who had consented and now says no keeps nothing of ours. What we
+        set is known from the request alone, with no new tracking: a valid ``_fbc`` (we mint it
+        from fbclid and re-send it on every consented page load), a valid ``_fbp`` when we mint
+        ``_fbp`` on this site (``set_fbp``), and our enhancement cookie, which we only ever set
+        with consent. They go out on the next page load; the browser then drops them, so the
+        next request carries none and nothing more is said: once. A denial that is no answer
+        (no signal yet, a policy error) keeps them.
+        """
+        names = []
+        if ctx.fbc is not None:
+            names.append(cookie_rules.FBC_COOKIE)
+        if ctx.fbp is not None and self._set_fbp:
+            names.append(cookie_rules.FBP_COOKIE)
+        values: list[str] = []
+        host = ctx.page_host() if names else None
+        if host is not None:
+            # The Domain they were set with, or the browser keeps them.
+            domain = cookie_rules.cookie_domain_for(hostname(host), self._cookie_domain)
+            attributes = cookie_rules.set_cookie_attributes(domain, secure, max_age=0)
+            values.extend(f"{name}={attributes}" for name in names)
+        codec = self.client.enhancement
+        if (
+            codec is not None
+            and cookie_header is not None
+            and codec.cookie_name in cookie_header
+            and ctx.cookies.get(codec.cookie_name)
+        ):
+            values.append(codec.render_expiry(secure=secure))
+        return tuple(values)
 
     def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
         # The consent headers in the key (after cookie, host, scheme) are any size a client
