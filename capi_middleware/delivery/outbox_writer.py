@@ -155,16 +155,28 @@ class OutboxWriter:
     def _storage_failed(self, operation: str, exc: BaseException) -> None:
         """Note a failed file operation: log once per kind, retry later (called with _db_lock)."""
         kind = error_kind(exc)
-        self._log.error(
-            f"{operation}:{kind}",
-            "capi outbox %s: %s failed (%s); events wait in memory (up to %d) and the file is "
-            "retried every %gs",
-            self.path,
-            operation,
-            kind,
-            self._memory_fallback,
-            self._reopen_interval,
-        )
+        if operation == "open":
+            self._log.error(
+                f"{operation}:{kind}",
+                "capi outbox %s: open failed (%s): %s. Events wait in memory (up to %d; lost "
+                "if the process exits) and opening is retried every %gs, never on a request",
+                self.path,
+                kind,
+                _what_to_do(exc),
+                self._memory_fallback,
+                self._reopen_interval,
+            )
+        else:
+            self._log.error(
+                f"{operation}:{kind}",
+                "capi outbox %s: %s failed (%s); events wait in memory (up to %d) and the file "
+                "is retried every %gs",
+                self.path,
+                operation,
+                kind,
+                self._memory_fallback,
+                self._reopen_interval,
+            )
         self._broken = True
         self._next_repair = time.monotonic() + self._reopen_interval
         conn = self._conn
@@ -264,7 +276,7 @@ class OutboxWriter:
         """Open (creating) the file; on failure log and keep events in memory. Needs _db_lock."""
         try:
             self._conn = self._connect()
-        except (sqlite3.Error, OSError, OutboxFileError) as exc:
+        except Exception as exc:  # any failure to open is the broken-disk case (issue 10)
             self._conn = None
             self._storage_failed("open", exc)
             return False
@@ -337,3 +349,15 @@ class OutboxWriter:
                 )
                 self._next_memory_id -= 1
         self._broken = True
+
+
+def _what_to_do(exc: BaseException) -> str:
+    """The advice in an open failure's log line (an `OutboxFileError` carries its own)."""
+    if isinstance(exc, OutboxFileError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return "check that its folder exists and is writable by this process, and the disk has room"
+    return (
+        "the file looks damaged; move it aside (keep it to inspect with `capi-middleware "
+        "outbox`) so a fresh outbox is created"
+    )
