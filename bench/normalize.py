@@ -1,6 +1,7 @@
 """Build, normalize, hash, validate, serialize 10,000 Purchase events: ours vs Meta's SDK.
 
 Run: /work/venv/bin/python bench/normalize.py [--events N] [--repeat R] [--profile]
+     /work/venv/bin/python bench/normalize.py --rules [--before REV]
 
 Both sides start from the same raw records (email, phone, first/last name, city, state, zip,
 country, IP, user agent, fbc, fbp, value, currency) and end with one JSON document per event:
@@ -19,6 +20,13 @@ Two more lines put the figures in proportion: ``normalize_user_data`` alone (the
 time that is user-data normalization), and a "floor": strip + lowercase + SHA-256 of the same
 eight values and one ``json.dumps``, with no validation and no per-key rules at all. No correct
 implementation can be faster than the floor, so SDK / floor bounds the ratio any one can reach.
+
+``--rules`` measures what a change to the normalization rules costs: ``normalize_user_data``
+of this checkout against the same function of ``normalize.py`` as it was at ``--before`` (a git
+revision, read with ``git show``; default: main before issue 14's rules), on the same records,
+the two taking turns in one process. Two record mixes: ``us`` (the Purchase records above) and
+``world`` (names with accents, digits and emoji, country names in several languages, phones
+with and without ``+``, external ids, postal codes of several countries).
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ import io
 import json
 import platform
 import pstats
+import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from capi_middleware.rules.events import build_event, encode_json
@@ -227,12 +238,111 @@ def check_same_hashes(records: list[dict[str, Any]], now: float) -> None:
             print(f"note: {key} differs between ours and the SDK (normalization rules differ)")
 
 
+# -- --rules: the normalization rules of this checkout against an earlier revision's ----------
+
+# main just before issue 14 (match quality) changed the rules.
+BEFORE_RULES = "0dd449d"
+NORMALIZE_PATH = "capi_middleware/normalize.py"
+
+WORLD_NAMES = ["Zoë", "John2", "Anne-Marie", "José 😀", "Müller", "李", "O'Brien", "Ahmed"]
+WORLD_CITIES = ["Paris ❤️", "München", "São Paulo", "New York", "東京", "Zürich", "Köln"]
+WORLD_COUNTRIES = ["FR", "Deutschland", "Brasil", "United States", "JP", "Schweiz", "Germany"]
+WORLD_ZIPS = ["75008", "80331", "01310-100", "10001-1234", "100-0001", "8001", "50667"]
+WORLD_PHONES = [
+    "+33 6 12 34 56 78",
+    "0170 1234567",
+    "+55 11 98765-4321",
+    "(212) 555-0100",
+    "+81 90-1234-5678",
+    "+41 44 668 18 00",
+    "+0049 221 1234567",
+]
+
+
+def make_world_records(n: int) -> list[dict[str, Any]]:
+    """Distinct records from several countries: the rules' non-ASCII and national paths."""
+    records = []
+    for i in range(n):
+        k = i % len(WORLD_CITIES)
+        records.append(
+            {
+                "email": f"Kunde.{i}@Example.de",
+                "phone": WORLD_PHONES[k] + f"{i % 10}",
+                "first_name": WORLD_NAMES[i % len(WORLD_NAMES)],
+                "last_name": WORLD_NAMES[(i // 7) % len(WORLD_NAMES)],
+                "city": WORLD_CITIES[k],
+                "zip": WORLD_ZIPS[k],
+                "country": WORLD_COUNTRIES[k],
+                "external_id": f"crm user {i}",
+                "client_ip_address": f"2001:4860:{i % 65536:x}::{i % 9 + 1}",
+                "client_user_agent": UA,
+                "fbp": f"fb.1.1700000000000.{1000000 + i}",
+            }
+        )
+    return records
+
+
+def load_normalize_at(revision: str) -> types.ModuleType:
+    """``capi_middleware/normalize.py`` as it was at ``revision``, as a module of its own."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{revision}:{NORMALIZE_PATH}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType(f"normalize_at_{revision}")
+    module.__file__ = f"{revision}:{NORMALIZE_PATH}"
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def user_data_runner(module: types.ModuleType) -> Runner:
+    normalize_user_data = module.normalize_user_data
+
+    def run(records: list[dict[str, Any]], now: float) -> list[Any]:
+        return [normalize_user_data(r) for r in records]
+
+    return run
+
+
+def run_rules(before_revision: str, events: int, repeat: int) -> None:
+    from capi_middleware import normalize as after
+
+    before = load_normalize_at(before_revision)
+    mixes = {
+        "us": [user_data_of(r) for r in make_records(events, int(time.time()))],
+        "world": make_world_records(events),
+    }
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {events} records per mix, "
+        f"best of {repeat}; normalize_user_data µs/record"
+    )
+    print(f"{'mix':<6} {'before ' + before_revision:>16} {'after':>10} {'after / before':>15}")
+    runners = {"before": user_data_runner(before), "after": user_data_runner(after)}
+    for mix, records in mixes.items():
+        for run in runners.values():
+            run(records[:500], 0.0)  # warm: tables, phone metadata, memos, regex caches
+        best = best_of(runners, records, 0.0, repeat)
+        b, a = (best[name] / events * 1e6 for name in ("before", "after"))
+        print(f"{mix:<6} {b:16.2f} {a:10.2f} {a / b:14.3f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile our side once")
+    parser.add_argument(
+        "--rules", action="store_true", help="normalize_user_data: this checkout vs --before"
+    )
+    parser.add_argument("--before", default=BEFORE_RULES, help="git revision to compare with")
     args = parser.parse_args(argv)
+    if args.rules:
+        run_rules(args.before, args.events, args.repeat)
+        return 0
 
     now = time.time()
     records = make_records(args.events, int(now))

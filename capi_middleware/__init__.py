@@ -15,6 +15,7 @@ from capi_middleware.consent.policies import ConsentDecision
 from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
+from capi_middleware.visitor import Visitor
 from capi_middleware.wsgi import CAPIWSGIMiddleware
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "RequestContext",
     "TrackResult",
     "TrackStatus",
+    "Visitor",
     "__version__",
     "current",
 ]

@@ -9,6 +9,7 @@ request; the app's exceptions pass through unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -17,11 +18,13 @@ import anyio.to_thread
 from capi_middleware.capture.context import RequestContext, activate, deactivate
 from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, cap_header
 from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
-from capi_middleware.client import CAPIClient, client_for, log_internal_error
+from capi_middleware.client import CAPIClient, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
 
 __all__ = ["CAPIMiddleware"]
+
+logger = logging.getLogger("capi_middleware")
 
 
 Scope = MutableMapping[str, Any]
@@ -50,6 +53,12 @@ class CAPIMiddleware:
     ``lifespan.startup`` (else on the first request), so that events an earlier process left
     in the outbox are delivered without waiting for traffic. It is flushed and closed on
     ``lifespan.shutdown``, by `close`, and at interpreter exit.
+
+    A bad configuration never fails a request: where the server runs the ASGI lifespan,
+    startup fails with one line naming the option and its variable (uvicorn refuses to
+    start); where it does not, the error is logged once and every request passes through
+    untouched with tracking off (``track()`` returns status ``"error"`` naming the problem;
+    ``middleware.client.config_error`` holds it).
     """
 
     def __init__(
@@ -60,7 +69,10 @@ class CAPIMiddleware:
         client: CAPIClient | None = None,
         **options: Any,
     ) -> None:
-        self.client = client = client_for("CAPIMiddleware", client, config, options)
+        self.client = client = usable_client("CAPIMiddleware", client, config, options)
+        # Said once, by the lifespan (startup fails) or else by the first request.
+        self._config_error = client.config_error
+        self._config_error_told = False
         config = client.config
         self.app = app
         self.config = config
@@ -77,6 +89,9 @@ class CAPIMiddleware:
         return f"CAPIMiddleware(app={self.app!r}, config={self.config!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._config_error is not None:
+            await self._pass_through(scope, receive, send)
+            return
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self.app(scope, self._lifespan_receive(receive), send)
@@ -131,6 +146,38 @@ class CAPIMiddleware:
             pipeline.count("capture_errors")
             log_internal_error("storing the request context", exc)
         return ctx
+
+    # -- a rejected configuration -----------------------------------------------------------
+
+    async def _pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Fail the lifespan startup, or let a request through untouched with tracking off."""
+        message = f"capi_middleware: configuration error: {self._config_error}"
+        if scope["type"] == "lifespan":
+            # The server refuses to start, printing this one line (uvicorn, hypercorn).
+            while True:
+                event = await receive()
+                if event.get("type") == "lifespan.startup":
+                    await send({"type": "lifespan.startup.failed", "message": message})
+                    return
+                if event.get("type") == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._config_error_told:
+            self._config_error_told = True
+            logger.error("%s; tracking is off and requests pass through untouched", message)
+        ctx = RequestContext(self.client)  # its track() reports the configuration error
+        try:
+            scope.setdefault("state", {})["capi"] = ctx
+        except Exception as exc:  # a scope["state"] that is not a mapping: the app's business
+            log_internal_error("storing the request context", exc)
+        token = activate(ctx)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            deactivate(token)
 
     # -- lifespan ---------------------------------------------------------------------------
 

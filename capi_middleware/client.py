@@ -14,22 +14,25 @@ import threading
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from capi_middleware.config import CAPIConfig
-from capi_middleware.consent.policies import ConsentDecision
+from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
+from capi_middleware.rules.custom_data import map_custom_data
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
 from capi_middleware.rules.frozen import new_frozen
+from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
 
-__all__ = ["CAPIClient", "MatchSource", "client_for", "log_internal_error"]
+__all__ = ["CAPIClient", "MatchSource", "client_for", "log_internal_error", "usable_client"]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -51,6 +54,29 @@ class MatchSource(Protocol):
     def event_source_url(self) -> str | None: ...
     @property
     def referrer_url(self) -> str | None: ...
+    @property
+    def ldu_country(self) -> int: ...
+    @property
+    def ldu_state(self) -> int: ...
+
+
+class _NoVisitor:
+    """The match source of an event sent without a visitor: no request keys, a stated basis."""
+
+    __slots__ = ("consent",)
+    client_ip = user_agent = fbc = fbp = event_source_url = referrer_url = None
+    ldu_country = ldu_state = 0
+
+    def __init__(self, consent: ConsentDecision) -> None:
+        self.consent = consent
+
+
+_STATED = _NoVisitor(ConsentDecision(granted=True, reason="stated"))
+_NO_BASIS = Problem(
+    "consent",
+    "no consent basis for an event outside a request: pass visitor= (a Visitor from "
+    "ctx.visitor()), or consent=True on the call or on the CAPIClient",
+)
 
 
 class CAPIClient:
@@ -75,6 +101,7 @@ class CAPIClient:
         self._sender: Sender | None = None
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
+        self.config_error: str | None = None
         if config.test_event_code:
             logger.warning(
                 "capi_middleware: test_event_code is set; events go to Test Events only "
@@ -85,6 +112,17 @@ class CAPIClient:
                 "capi_middleware: no pixel_id/access_token configured; events will be dropped "
                 "(set META_PIXEL_ID and META_ACCESS_TOKEN, or dry_run=True)"
             )
+
+    @classmethod
+    def disabled(cls, config_error: str) -> CAPIClient:
+        """A client standing in for one whose configuration was rejected: tracking is off.
+
+        Every ``track()`` returns status ``"error"`` with a problem quoting ``config_error``;
+        nothing is stored or sent. Adapters use it so that a bad config never fails a request.
+        """
+        client = cls(CAPIConfig(dry_run=True))
+        client.config_error = config_error
+        return client
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CAPIClient:
@@ -130,6 +168,95 @@ class CAPIClient:
 
     # -- tracking ---------------------------------------------------------------------------
 
+    def track(
+        self,
+        event_name: str,
+        *,
+        visitor: Visitor | None = None,
+        user_data: Mapping[str, Any] | None = None,
+        custom_data: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        event_time: Any = None,
+        action_source: str | None = None,
+        consent: bool | ConsentDecision | None = None,
+        durable: bool | None = None,
+        **custom_data_fields: Any,
+    ) -> TrackResult:
+        """Send one event from anywhere: a webhook, a background job, a script.
+
+        With ``visitor`` (a `Visitor` from ``ctx.visitor()``, stored with the order), the event
+        carries that visitor's IP, user agent, ``_fbc``, ``_fbp``, page URL and referrer, and its
+        consent decision: denied stays denied. Without one, the event has only ``user_data`` and
+        needs a stated basis: ``consent=True`` here, or on the client (``CAPIClient(consent=True)``,
+        e.g. for CRM uploads and ``system_generated`` events); otherwise it is ``denied`` with a
+        problem naming the option. ``consent=False`` denies even with a visitor; ``consent=True``
+        never overrides a visitor's denial.
+
+        The keywords are ``ctx.track``'s: the same normalization, validation, sender and store.
+        ``event_time`` may be the real conversion's time (within Meta's 7 days). Never blocks on
+        the network; never raises unless ``strict=True`` and the input is invalid.
+        """
+        try:
+            source: MatchSource | Problem
+            if consent is None and isinstance(visitor, Visitor):
+                source = visitor  # the usual case, first
+            else:
+                source = self._basis(visitor, consent)
+            if isinstance(source, Problem):
+                if self.config.strict:
+                    raise CAPIValidationError([source])
+                self.count_invalid((source.field,))
+                return _result(event_id, "invalid", _name_of(event_name), (source,))
+            decision = source.consent
+            if not decision.granted:
+                self.count("consent_denied")
+                problems = (_NO_BASIS,) if decision is _UNSTATED else ()
+                return _result(event_id, "denied", _name_of(event_name), problems)
+            return self.track_from(
+                source,
+                event_name,
+                user_data=user_data,
+                custom_data=custom_data,
+                event_id=event_id,
+                event_time=event_time,
+                action_source=action_source,
+                durable=durable,
+                custom_data_fields=custom_data_fields,
+            )[0]
+        except CAPIValidationError:
+            raise  # only raised with strict=True, on purpose
+        except Exception as exc:
+            self.count_internal_error("track_errors", "track()", exc)
+            return _result(
+                event_id,
+                "error",
+                _name_of(event_name),
+                (Problem("track", "internal error in capi_middleware; see the log"),),
+            )
+
+    def _basis(self, visitor: object, consent: object) -> MatchSource | Problem:
+        """The match source for ``track()``'s ``visitor`` and ``consent`` arguments."""
+        if consent is not None and not isinstance(consent, (bool, ConsentDecision)):
+            return Problem("consent", "must be True, False, None or a ConsentDecision")
+        if visitor is not None:
+            if not isinstance(visitor, Visitor):
+                return Problem(
+                    "visitor",
+                    "must be a capi_middleware.Visitor (Visitor.from_dict / from_token load a "
+                    f"stored one), not {type(visitor).__name__}",
+                )
+            if consent is False or (isinstance(consent, ConsentDecision) and not consent.granted):
+                return _NoVisitor(_CALL_DENIED)
+            return visitor  # consent=True never overrides the visitor's own decision
+        if consent is None:
+            return _STATED if self.config.consent is True else _NoVisitor(_UNSTATED)
+        if consent is True:
+            return _STATED
+        if consent is False:
+            return _NoVisitor(_CALL_DENIED)
+        assert isinstance(consent, ConsentDecision)
+        return _NoVisitor(consent)
+
     def track_from(
         self,
         source: MatchSource,
@@ -162,10 +289,17 @@ class CAPIClient:
         merged_custom: dict[str, Any] = dict(custom_data) if custom_data else {}
         merged_custom.update(custom_data_fields)
 
+        if self.config_error is not None:
+            problem = Problem("config", f"tracking is off: {self.config_error}")
+            return _unsent(event_id, "error", name, merged_custom, (problem,)), None
         decision = source.consent
         if not decision.granted:
             self.count("consent_denied")
-            return _result(event_id, "denied", name), None
+            problems: tuple[Problem, ...] = ()
+            if decision.reason == NO_SIGNAL_REASON:
+                problems = (_NO_SIGNAL_PROBLEM,)
+                _tell_default_denial_once(name)
+            return _unsent(event_id, "denied", name, merged_custom, problems), None
 
         request_data: dict[str, Any] = {}
         if source.client_ip is not None:
@@ -196,6 +330,8 @@ class CAPIClient:
             event_source_url=source.event_source_url,
             referrer_url=source.referrer_url,
             ldu=decision.ldu,
+            ldu_country=source.ldu_country,
+            ldu_state=source.ldu_state,
             default_country=config.default_country,
             hash_external_id=config.hash_external_id,
         )
@@ -289,6 +425,21 @@ class CAPIClient:
         self.close()
 
 
+def usable_client(
+    owner: str, client: CAPIClient | None, config: CAPIConfig | None, options: Mapping[str, Any]
+) -> CAPIClient:
+    """`client_for`, but a rejected configuration gives a `CAPIClient.disabled` client.
+
+    A middleware built with a bad config must not fail the host app's requests (Starlette
+    builds ``add_middleware`` classes inside the first request): it passes requests through
+    with tracking off, and says why (``client.config_error``, the adapters' log line).
+    """
+    try:
+        return client_for(owner, client, config, options)
+    except (TypeError, ValueError) as exc:
+        return CAPIClient.disabled(str(exc))
+
+
 def client_for(
     owner: str, client: CAPIClient | None, config: CAPIConfig | None, options: Mapping[str, Any]
 ) -> CAPIClient:
@@ -315,6 +466,53 @@ def _result(
         problems=problems,
         event_name=name,
     )
+
+
+def _unsent(
+    event_id: str | None,
+    status: TrackStatus,
+    name: str,
+    custom_data: Mapping[str, Any],
+    problems: tuple[Problem, ...],
+) -> TrackResult:
+    """A result for an event that was not built, carrying the custom_data the event would have
+    (Meta-shaped), so ``result.fbq()`` renders the same call and the pixel's own consent decides.
+    """
+    result = _result(event_id, status, name, problems)
+    mapped, custom_problems = map_custom_data(custom_data)
+    if not any(p.fatal for p in custom_problems):
+        result = replace(result, custom_data=mapped)
+    return result
+
+
+# Said on a result denied for want of any consent signal, and logged once per process: the
+# default policy is an EU opt-in, which a new user's first track() meets without a banner.
+_NO_SIGNAL_PROBLEM = Problem(
+    "consent",
+    "denied: the request carries no consent signal, and the default policy is EU opt-in "
+    "(nothing is sent until the visitor opts in); pass consent=True where no consent banner is "
+    "needed, or a policy for your banner (README: Consent; docs/consent.md)",
+)
+_told_default_denial = threading.Event()
+
+
+def _tell_default_denial_once(name: str) -> None:
+    if _told_default_denial.is_set():
+        return
+    _told_default_denial.set()
+    logger.info(
+        "capi_middleware: %s event not sent: %s. (Said once per process.)",
+        name or "unnamed",
+        _NO_SIGNAL_PROBLEM.message,
+    )
+
+
+_UNSTATED = ConsentDecision(granted=False, reason="no_basis")
+_CALL_DENIED = ConsentDecision(granted=False, reason="call")
+
+
+def _name_of(event_name: object) -> str:
+    return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:

@@ -13,9 +13,10 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["CAPIConfig", "Destination"]
+__all__ = ["CAPIConfig", "Destination", "option_label"]
 
 _PIXEL_ID = re.compile(r"^[0-9]{1,32}$")
 _API_VERSION = re.compile(r"^v[0-9]{1,3}\.[0-9]{1,2}$")
@@ -79,10 +80,14 @@ class CAPIConfig:
         cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
             domain of the request's host (Public Suffix List).
         set_fbp: mint ``_fbp`` when the pixel has not (default True).
-        outbox: path of a SQLite file for durable delivery [META_OUTBOX]; None keeps events in
-            memory.
+        outbox: where events wait for delivery [META_OUTBOX]: None keeps them in memory; a path
+            is a SQLite file (one host); a ``redis://`` or ``rediss://`` URL, or a
+            ``redis.Redis`` client, is a Redis Streams outbox shared by a fleet of hosts (extra
+            ``capi-middleware[redis]``; docs/fleet.md). A password in the URL is never shown.
         durable: every ``track()`` waits for the outbox commit (default False: group commit).
-        dry_run: build, validate and log events; send nothing [META_DRY_RUN].
+        dry_run: build, validate and log events; send nothing [META_DRY_RUN]. ``"debug"``
+            (``META_DRY_RUN=debug``) also prints each built event to stderr: its match keys
+            (hashes shortened, personal values in clear masked) and its custom_data.
         strict: ``track()`` raises on bad input instead of reporting it on the result.
         default_country: ISO 3166-1 alpha-2 used to complete phone numbers without a calling
             code when the event has no country.
@@ -109,9 +114,9 @@ class CAPIConfig:
     trusted_proxies: tuple[str, ...] = ()
     cookie_domain: str | None = None
     set_fbp: bool = True
-    outbox: str | None = None
+    outbox: str | Any | None = None
     durable: bool = False
-    dry_run: bool = False
+    dry_run: bool | Literal["debug"] = False
     strict: bool = False
     default_country: str | None = None
     hash_external_id: bool = True
@@ -129,25 +134,37 @@ class CAPIConfig:
         if self.pixel_id is not None:
             pid = str(self.pixel_id).strip()
             if not _PIXEL_ID.match(pid):
-                raise ValueError("pixel_id: must be the pixel's numeric id, e.g. '1234567890'")
+                raise _invalid(
+                    "pixel_id", f"must be the pixel's numeric id, e.g. '1234567890', not {pid!r}"
+                )
             set_(self, "pixel_id", pid)
         if self.access_token is not None and not str(self.access_token).strip():
-            raise ValueError("access_token: must not be empty")
+            raise _invalid("access_token", "must not be empty")
         if (self.pixel_id is None) != (self.access_token is None) and not self.dry_run:
-            missing = "access_token" if self.access_token is None else "pixel_id"
-            raise ValueError(f"{missing}: pixel_id and access_token go together")
+            missing, given = (
+                ("access_token", "pixel_id")
+                if self.access_token is None
+                else ("pixel_id", "access_token")
+            )
+            raise _invalid(
+                missing,
+                f"not set, but {option_label(given)} is (they go together; "
+                "or set dry_run=True to send nothing)",
+            )
+        if not (isinstance(self.dry_run, bool) or self.dry_run == "debug"):
+            raise _invalid("dry_run", "must be True, False or 'debug'")
         url = str(self.graph_url).rstrip("/")
         if not url.startswith(("https://", "http://")):
-            raise ValueError("graph_url: must start with https:// (or http:// for a local fake)")
+            raise _invalid("graph_url", "must start with https:// (or http:// for a local fake)")
         set_(self, "graph_url", url)
         if not _API_VERSION.match(self.api_version):
-            raise ValueError("api_version: must look like 'v26.0'")
+            raise _invalid("api_version", "must look like 'v26.0'")
         extra = tuple(self.extra_pixels)
         for d in extra:
             if not isinstance(d, Destination):
-                raise ValueError("extra_pixels: each entry must be a capi_middleware.Destination")
+                raise _invalid("extra_pixels", "each entry must be a capi_middleware.Destination")
             if not _PIXEL_ID.match(d.pixel_id):
-                raise ValueError("extra_pixels: pixel_id must be numeric")
+                raise _invalid("extra_pixels", "pixel_id must be numeric")
         set_(self, "extra_pixels", extra)
         set_(
             self,
@@ -158,20 +175,22 @@ class CAPIConfig:
         if self.cookie_domain is not None:
             dom = self.cookie_domain.strip().lstrip(".").lower()
             if not dom or not re.fullmatch(r"[a-z0-9.-]+", dom) or ".." in dom:
-                raise ValueError("cookie_domain: must be a host name such as 'example.com'")
+                raise _invalid("cookie_domain", "must be a host name such as 'example.com'")
             set_(self, "cookie_domain", dom)
         if self.default_country is not None:
             if not _COUNTRY.match(self.default_country):
-                raise ValueError("default_country: must be an ISO 3166-1 alpha-2 code like 'US'")
+                raise _invalid("default_country", "must be an ISO 3166-1 alpha-2 code like 'US'")
             set_(self, "default_country", self.default_country.upper())
+        if self.outbox is not None:
+            set_(self, "outbox", _checked_outbox(self.outbox))
         if self.consent is not None and not (
             callable(self.consent) or isinstance(self.consent, bool)
         ):
-            raise ValueError("consent: must be a callable (ctx) -> bool | decision, or a bool")
+            raise _invalid("consent", "must be a callable (ctx) -> bool | decision, or a bool")
         for name, lo, hi in (("max_queue", 1, 10**8), ("batch_size", 1, 1000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ValueError(f"{name}: must be an integer from {lo} to {hi}")
+                raise _invalid(name, f"must be an integer from {lo} to {hi}")
         for name in ("flush_interval", "timeout", "shutdown_timeout"):
             value = getattr(self, name)
             if (
@@ -180,14 +199,17 @@ class CAPIConfig:
                 or not math.isfinite(value)
                 or value < 0
             ):
-                raise ValueError(f"{name}: must be a non-negative number of seconds")
+                raise _invalid(name, "must be a non-negative number of seconds")
         if self.timeout == 0:
-            raise ValueError("timeout: must be more than 0 seconds")
+            raise _invalid("timeout", "must be more than 0 seconds")
         if self.on_dead_letter is not None and not callable(self.on_dead_letter):
-            raise ValueError("on_dead_letter: must be callable")
+            raise _invalid("on_dead_letter", "must be callable")
 
     def __repr__(self) -> str:
-        return _masked_repr(self, ("access_token", "app_secret", "enhancement_secret"))
+        text = _masked_repr(self, ("access_token", "app_secret", "enhancement_secret"))
+        if isinstance(self.outbox, str) and is_redis_url(self.outbox):
+            text = text.replace(repr(self.outbox), repr(redact_url(self.outbox)))
+        return text
 
     # -- derived values -------------------------------------------------------------------
 
@@ -212,8 +234,8 @@ class CAPIConfig:
             try:
                 nets.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                raise ValueError(
-                    f"trusted_proxies: {entry!r} is not an IP address or CIDR network"
+                raise _invalid(
+                    "trusted_proxies", f"{entry!r} is not an IP address or CIDR network"
                 ) from None
         return tuple(nets)
 
@@ -256,8 +278,8 @@ class CAPIConfig:
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
-            if option in ("dry_run",):
-                values[option] = _parse_bool(var, raw)
+            if option == "dry_run":
+                values[option] = _parse_dry_run(raw)
             elif option == "trusted_proxies":
                 values[option] = tuple(p for p in (s.strip() for s in raw.split(",")) if p)
             else:
@@ -283,13 +305,99 @@ _ENV_VARS = {
 }
 
 
-def _parse_bool(var: str, raw: str) -> bool:
+_REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def is_redis_url(outbox: object) -> bool:
+    """True when ``outbox`` is a ``redis://`` or ``rediss://`` URL."""
+    return isinstance(outbox, str) and outbox[:9].lower().startswith(_REDIS_SCHEMES)
+
+
+def is_redis_outbox(outbox: object) -> bool:
+    """True when ``outbox`` selects the Redis Streams store (a URL or a client)."""
+    return outbox is not None and (is_redis_url(outbox) or not isinstance(outbox, str))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (and user), fit for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _checked_outbox(outbox: object) -> object:
+    """Validate ``outbox``: a file path, a Redis URL or a Redis client (ValueError otherwise)."""
+    if isinstance(outbox, str):
+        text = outbox.strip()
+        if not text:
+            raise ValueError("outbox [META_OUTBOX]: must not be empty")
+        if is_redis_url(text):
+            _check_redis_url(text)
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+            raise ValueError(
+                "outbox [META_OUTBOX]: a URL must start with redis:// or rediss://; "
+                "anything else is a SQLite file path"
+            )
+        return text
+    if isinstance(outbox, os.PathLike):
+        return os.fspath(outbox)
+    if all(callable(getattr(outbox, name, None)) for name in ("xadd", "xreadgroup", "xack")):
+        return outbox  # a redis.Redis client (duck-typed: config must not import redis)
+    raise ValueError(
+        "outbox [META_OUTBOX]: must be a SQLite file path, a redis:// or rediss:// URL, or a "
+        "redis.Redis client"
+    )
+
+
+def _check_redis_url(url: str) -> None:
+    where = f"outbox [META_OUTBOX]: {redact_url(url)!r}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{where} is not a valid Redis URL (bad host or port)") from None
+    if not parts.hostname:
+        raise ValueError(f"{where} names no host (redis://host:6379/0)")
+    if port == 0:
+        raise ValueError(f"{where}: the port must be from 1 to 65535")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{where}: the path must be a database number (redis://host:6379/0)")
+
+
+def option_label(option: str) -> str:
+    """An option's name as messages show it: with its environment variable when it has one.
+
+    ``option_label("access_token")`` is ``"access_token [META_ACCESS_TOKEN]"``, so a message
+    names the thing a user actually set, whether in code or in the environment.
+    """
+    var = _ENV_VARS.get(option)
+    return f"{option} [{var}]" if var else option
+
+
+def _invalid(option: str, message: str) -> ValueError:
+    """The ValueError for a bad option: ``"pixel_id [META_PIXEL_ID]: <message>"``."""
+    return ValueError(f"{option_label(option)}: {message}")
+
+
+def _parse_dry_run(raw: str) -> bool | str:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{var}: expected true/false, got {raw!r}")
+    if value == "debug":
+        return "debug"
+    raise _invalid("dry_run", f"expected true, false or debug, got {raw!r}")
 
 
 def coerce_sequence(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -9,6 +9,9 @@
     ]
     CAPI = {"consent": None, "trusted_proxies": ["10.0.0.0/8"]}   # CAPIConfig options
 
+Add ``"capi_middleware.django.CAPIAppConfig"`` to ``INSTALLED_APPS`` so that ``manage.py check``
+validates ``settings.CAPI`` (`check_settings`).
+
 Options missing from ``settings.CAPI`` come from the ``META_*`` environment variables. Views read
 ``request.capi`` (the same `RequestContext` as everywhere else) or `capi_middleware.current()`.
 Works under WSGI and ASGI Django (sync and async capable). Imported only by Django users.
@@ -16,13 +19,16 @@ Works under WSGI and ASGI Django (sync and async capable). Imported only by Djan
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.apps import AppConfig
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.encoding import escape_uri_path
@@ -34,9 +40,11 @@ from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
 from capi_middleware.wsgi import capture_environ
 
-__all__ = ["CAPIDjangoMiddleware", "get_pipeline"]
+__all__ = ["CAPIAppConfig", "CAPIDjangoMiddleware", "check_settings", "get_pipeline"]
 
 GetResponse = Callable[[HttpRequest], Any]
+
+logger = logging.getLogger("capi_middleware")
 
 # One pipeline (and so one sender) per process and settings value: Django builds a middleware
 # instance per handler, and tests or ASGI + WSGI in one process may build several.
@@ -53,9 +61,9 @@ def _config_from_settings() -> CAPIConfig:
     if not isinstance(options, Mapping):
         raise ImproperlyConfigured("settings.CAPI: must be a dict of CAPIConfig options")
     try:
-        return CAPIConfig.from_env(**dict(options))
-    except TypeError as exc:  # an unknown key
-        raise ImproperlyConfigured(f"settings.CAPI: {exc}") from None
+        return CAPIConfig.from_options("settings.CAPI", None, dict(options))
+    except TypeError as exc:  # an unknown key: "settings.CAPI: unknown option(s) ..."
+        raise ImproperlyConfigured(str(exc)) from None
     except ValueError as exc:  # CAPIConfig's message names the option
         raise ImproperlyConfigured(f"settings.CAPI: {exc}") from None
 
@@ -72,15 +80,84 @@ def get_pipeline(config: CAPIConfig | None = None) -> CapturePipeline:
         return pipeline
 
 
+_told_config_errors: set[str] = set()
+
+
+def _tell_config_error_once(error: str) -> None:
+    # Django builds a middleware instance per handler (WSGI, ASGI, test clients): once each.
+    with _pipelines_lock:
+        if error in _told_config_errors:
+            return
+        _told_config_errors.add(error)
+    logger.error(
+        "capi_middleware: configuration error: %s; tracking is off and requests pass through "
+        "untouched",
+        error,
+    )
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Django system check: ``settings.CAPI`` with the middleware's own messages.
+
+    Registered when this module is imported; add `CAPIAppConfig` to ``INSTALLED_APPS`` so it
+    is imported before ``manage.py check`` (and ``runserver``, ``migrate``) run the checks.
+    """
+    try:
+        config = _config_from_settings()
+    except ImproperlyConfigured as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="Until it is fixed, CAPIDjangoMiddleware passes requests through with "
+                "tracking off.",
+                id="capi_middleware.E001",
+            )
+        ]
+    found: list[checks.CheckMessage] = []
+    if not config.destinations() and not config.dry_run:
+        found.append(
+            checks.Warning(
+                "settings.CAPI: no pixel_id [META_PIXEL_ID] / access_token [META_ACCESS_TOKEN]; "
+                "events will be dropped",
+                hint='Set both, or "dry_run": True to build and log events without sending.',
+                id="capi_middleware.W001",
+            )
+        )
+    if config.test_event_code:
+        found.append(
+            checks.Warning(
+                "settings.CAPI: test_event_code [META_TEST_EVENT_CODE] is set; events go to "
+                "Test Events only",
+                hint="Remove it in production.",
+                id="capi_middleware.W002",
+            )
+        )
+    return found
+
+
+checks.register(check_settings)
+
+
+class CAPIAppConfig(AppConfig):  # type: ignore[misc]  # django ships no type hints
+    """``INSTALLED_APPS`` entry ``"capi_middleware.django.CAPIAppConfig"``: system checks."""
+
+    name = "capi_middleware"
+    label = "capi_middleware"
+    verbose_name = "Meta Conversions API"
+    default_auto_field = "django.db.models.AutoField"
+
+
 class CAPIDjangoMiddleware:
     """Capture Meta's match keys on every request; views send events from ``request.capi``.
 
     Parameters:
         get_response: the next middleware or view (Django passes it).
 
-    Configured from ``settings.CAPI`` (a dict of `CAPIConfig` options); a bad option raises
-    ``ImproperlyConfigured`` naming it at startup. Sync and async capable: under ASGI with an
-    async chain no thread is spent on it.
+    Configured from ``settings.CAPI`` (a dict of `CAPIConfig` options). A bad option never
+    fails a request: ``manage.py check`` (and ``runserver``, ``migrate``) reports it with the
+    same message (`check_settings`), and the middleware logs it once and passes every request
+    through untouched with tracking off (``request.capi.track()`` returns status ``"error"``
+    naming it). Sync and async capable: under ASGI with an async chain no thread is spent on it.
     """
 
     sync_capable = True
@@ -88,7 +165,13 @@ class CAPIDjangoMiddleware:
 
     def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
-        self.pipeline = get_pipeline()
+        try:
+            self.pipeline = get_pipeline()
+            self._config_error: str | None = None
+        except ImproperlyConfigured as exc:
+            self._config_error = str(exc)
+            self.pipeline = CapturePipeline(CAPIClient.disabled(self._config_error))
+            _tell_config_error_once(self._config_error)
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -121,6 +204,10 @@ class CAPIDjangoMiddleware:
 
     def _capture(self, request: HttpRequest) -> RequestContext:
         pipeline = self.pipeline
+        if self._config_error is not None:
+            # Untouched: no capture, no cookies; track() reports the configuration error.
+            ctx = request.capi = RequestContext(pipeline.client)
+            return ctx
         try:
             ctx = capture_environ(
                 pipeline,

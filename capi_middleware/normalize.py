@@ -5,8 +5,8 @@ Meta matches hashed customer information only when it was normalized exactly as 
 value normalized differently hashes differently and silently never matches. Each
 ``normalize_*`` function returns the normalized string *before* hashing, or ``None`` when the
 value cannot be normalized. `normalize_user_data` applies them to a whole mapping, hashes,
-deduplicates and reports every dropped value as a non-fatal `Problem` that never contains the
-raw value.
+deduplicates and reports every dropped value as a `DroppedValue` (a non-fatal `Problem`) that
+names its Meta key and one reason from `DROP_REASONS`, and never contains the raw value.
 
 Input length limits (characters of the string as given, checked before any other work, so a
 hostile 30 KB value costs one ``len()``). A longer value is dropped, never truncated, because a
@@ -33,8 +33,10 @@ import datetime as _dt
 import difflib
 import functools
 import hashlib
+import logging
 import math
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,10 +47,14 @@ import pycountry
 
 from capi_middleware.errors import Problem
 
+_logger = logging.getLogger("capi_middleware")
+
 __all__ = [
     "CLEAR_KEYS",
+    "DROP_REASONS",
     "FRIENDLY_KEYS",
     "HASHED_KEYS",
+    "DroppedValue",
     "NormalizedUserData",
     "is_sha256_hex",
     "normalize_city",
@@ -151,6 +157,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_ASCII_LETTER = re.compile(r"[^a-z]+")
 _NOT_DIGIT = re.compile(r"[^0-9]+")
 _NOT_ASCII_ALNUM = re.compile(r"[^a-z0-9]+")
+# An emoji keycap: a digit, # or * with an optional variation selector and U+20E3.
+_KEYCAP = re.compile("[0-9#*]\ufe0f?\u20e3")
+# Marks by category (Mn), yet never part of a letter: they pick a glyph's presentation
+# (U+FE0F turns ❤ into an emoji).
+_VARIATION_SELECTORS = frozenset(
+    [chr(c) for c in range(0xFE00, 0xFE10)] + [chr(c) for c in range(0xE0100, 0xE01F0)]
+)
 
 # A sane email: one @, a local part without spaces or control characters, a domain of at least
 # two dot-separated labels (letters, digits, inner hyphens; at most 63 each) and a top-level
@@ -168,9 +181,14 @@ _PLAIN_PHONE = re.compile(r"\+?[0-9 ()./-]+")
 _PHONE_EXTENSION = re.compile(r"\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,7}\s*$", re.IGNORECASE)
 _PHONE_MIN_DIGITS = 7
 _PHONE_MAX_DIGITS = 15  # E.164
+_NO_COUNTRY_CODE_DETAIL = (
+    "no country code: write it with + and the calling code, pass the event's country, or set "
+    "default_country"
+)
 
 _US_ZIP = re.compile(r"([0-9]{5})(?:[0-9]{4})?")
 _MAX_POSTAL_LEN = 16  # longest real postal codes are ~10 characters
+_MIN_POSTAL_LEN = 2  # §3: fewer characters after normalization is no postal code
 
 _DB_ISO = re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})(?:[T ][0-9:.+\-Z ]*)?", re.ASCII)
 _DB_YMD_SLASH = re.compile(r"([0-9]{4})/([0-9]{1,2})/([0-9]{1,2})")
@@ -187,17 +205,23 @@ def _pairs(text: str) -> dict[str, str]:
     return {k: v for k, _, v in (pair.partition("=") for pair in text.split())}
 
 
-# Country spellings pycountry does not carry (its names are ISO's English short names).
+# Country names come from two well-kept sources: pycountry (ISO 3166's English short, official
+# and common names) and CLDR's territory names through babel (the names people write, in English
+# and in the languages below; the Unicode consortium keeps them current). CLDR drops its
+# "alt" spellings (Ivory Coast, Turkey, Swaziland) from babel's data; this short list
+# carries them and the everyday names no source has. Every name is keyed by `_lookup_key`.
 _COUNTRY_ALIASES: dict[str, str] = _pairs(
     "uk=gb england=gb scotland=gb wales=gb northernireland=gb greatbritain=gb britain=gb "
-    "usa=us america=us unitedstatesofamerica=us theunitedstates=us unitedstates=us "
-    "southkorea=kr korea=kr northkorea=kp russia=ru vietnam=vn czechrepublic=cz holland=nl "
-    "thenetherlands=nl turkey=tr ivorycoast=ci macedonia=mk uae=ae burma=mm swaziland=sz "
-    "capeverde=cv easttimor=tl vatican=va palestine=ps laos=la syria=sy moldova=md bolivia=bo "
-    "venezuela=ve tanzania=tz iran=ir deutschland=de espana=es brasil=br italia=it "
-    "nederland=nl schweiz=ch suisse=ch osterreich=at polska=pl sverige=se norge=no danmark=dk "
-    "suomi=fi belgie=be belgique=be "
+    "america=us theunitedstates=us theunitedstatesofamerica=us thenetherlands=nl holland=nl "
+    "turkey=tr ivorycoast=ci elfenbeinkuste=ci costademarfil=ci macedonia=mk drc=cd "
+    "drcongo=cd democraticrepublicofthecongo=cd democraticrepublicofcongo=cd uae=ae burma=mm "
+    "swaziland=sz easttimor=tl vatican=va palestine=ps korea=kr macau=mo sainthelena=sh "
+    "weissrussland=by"
 )
+# CLDR languages whose names map to codes, in priority order: where two languages give one
+# spelling to different countries (Norwegian "Kongo" is CD, Polish "Kongo" is CG), the first
+# wins. Latin-script languages only: `_lookup_key` folds to a-z.
+_COUNTRY_NAME_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt", "pl", "sv", "da", "nb", "fi")
 
 # US/Canada state spellings pycountry lacks.
 _STATE_ALIASES: dict[str, dict[str, str]] = {
@@ -206,12 +230,70 @@ _STATE_ALIASES: dict[str, dict[str, str]] = {
 }
 
 
-class _Reject(Exception):
-    """Internal: a value cannot be normalized; ``reason`` never holds the value."""
+# Why a value was dropped: short, stable phrases a counter can group on (one per cause, the
+# same for every key; `DroppedValue.message` says more). Renaming one breaks dashboards.
+TOO_LONG = "too long"
+NOT_TEXT = "not text"
+EMPTY = "empty"
+CONTROL_CHARACTERS = "control characters"
+NOT_AN_EMAIL = "not an email"
+NO_DIGITS = "no digits"
+TOO_SHORT = "too short"
+TOO_MANY_DIGITS = "too many digits"
+NO_COUNTRY_CODE = "no country code"
+NO_LETTERS = "no letters"
+UNKNOWN_COUNTRY = "unknown country"
+NOT_A_US_ZIP = "not a US ZIP code"
+NOT_A_DATE = "not a date"
+DATE_OUT_OF_RANGE = "date out of range"
+UNKNOWN_GENDER = "unknown gender"
+INTERNAL_ERROR = "internal error"
 
-    def __init__(self, reason: str) -> None:
+DROP_REASONS: frozenset[str] = frozenset(
+    {
+        TOO_LONG,
+        NOT_TEXT,
+        EMPTY,
+        CONTROL_CHARACTERS,
+        NOT_AN_EMAIL,
+        NO_DIGITS,
+        TOO_SHORT,
+        TOO_MANY_DIGITS,
+        NO_COUNTRY_CODE,
+        NO_LETTERS,
+        UNKNOWN_COUNTRY,
+        NOT_A_US_ZIP,
+        NOT_A_DATE,
+        DATE_OUT_OF_RANGE,
+        UNKNOWN_GENDER,
+        INTERNAL_ERROR,
+    }
+)
+
+
+@dataclass(frozen=True)
+class DroppedValue(Problem):
+    """A `Problem` for one ``user_data`` value that was dropped, in a form a counter can group.
+
+    Parameters (besides `Problem`'s; ``fatal`` is always False):
+        key: the Meta key the value was given for (``"ph"``, ``"em"``, ``"fbc"``, ...), whatever
+            spelling the caller used (``"phone"`` is ``"ph"``).
+        reason: why, one of `DROP_REASONS` (``"no country code"``, ``"not an email"``, ...).
+            ``message`` says the same in words, with how to fix it. Neither holds the value.
+    """
+
+    key: str = ""
+    reason: str = INTERNAL_ERROR
+
+
+class _Reject(Exception):
+    """Internal: a value cannot be normalized. ``reason`` is one of `DROP_REASONS`; ``detail``
+    (default: the reason) is the human message. Neither ever holds the value."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail if detail is not None else reason
 
 
 # -- hashing ---------------------------------------------------------------------------------
@@ -238,46 +320,63 @@ def _text(value: object, limit: int, *, allow_int: bool = False) -> str:
     """Coerce to a stripped string or raise `_Reject`; the length is checked first."""
     if isinstance(value, str):
         if len(value) > limit:
-            raise _Reject(f"longer than {limit} characters")
+            raise _Reject(TOO_LONG, f"longer than {limit} characters")
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise _Reject("not valid Unicode text (unpaired surrogate)") from None
+                raise _Reject(NOT_TEXT, "not valid Unicode text (unpaired surrogate)") from None
         text = value.strip()
         if not text:
-            raise _Reject("empty or whitespace only")
+            raise _Reject(EMPTY, "empty or whitespace only")
         return text
     if isinstance(value, bool):
-        raise _Reject("expected a string, got bool")
+        raise _Reject(NOT_TEXT, "expected a string, got bool")
     if allow_int and isinstance(value, int):
         if not 0 <= value < _MAX_INT:
-            raise _Reject("expected a non-negative number below 10**30")
+            raise _Reject(NOT_TEXT, "expected a non-negative number below 10**30")
         return str(value)
     if isinstance(value, float) and math.isnan(value):
-        raise _Reject("expected a string, got float NaN")
-    raise _Reject(f"expected a string, got {_type_name(value)}")
+        raise _Reject(NOT_TEXT, "expected a string, got float NaN")
+    raise _Reject(NOT_TEXT, f"expected a string, got {_type_name(value)}")
 
 
-def _letters(text: str) -> str:
-    """Lowercase, letters of any script only (Unicode categories L* and M*, after NFC).
+def _letters(text: str, digits: bool = False) -> str:
+    """Lowercase letters of any script (Unicode L*, with their marks M*), after NFC; with
+    ``digits``, decimal digits (Nd) too.
 
     Meta: "lowercase, no punctuation, no special characters, no white space; UTF-8". NFC keeps
-    ``é`` typed as e + U+0301 hashing the same as a precomposed ``é``.
+    ``é`` typed as e + U+0301 hashing the same as a precomposed ``é``. Emoji go whole (§3): a
+    mark is kept only after a kept letter or digit, so the variation selector that follows ❤
+    goes with it, and a keycap (1 + U+FE0F + U+20E3) takes its digit along.
     """
     if text.isascii():
-        return _NOT_ASCII_LETTER.sub("", text.lower())
+        return (_NOT_ASCII_ALNUM if digits else _NOT_ASCII_LETTER).sub("", text.lower())
     text = unicodedata.normalize("NFC", text.lower())
     if text.isalpha():
         return text  # "josé", "李": nothing to filter (isalpha implies categories L*)
+    if "\u20e3" in text:
+        text = _KEYCAP.sub("", text)
     category = unicodedata.category
-    return "".join(ch for ch in text if category(ch)[0] in "LM")
+    kept: list[str] = []
+    after_kept = False  # whether the last base character was kept: its marks go with it
+    for ch in text:
+        group = category(ch)
+        if group[0] == "M":
+            if after_kept and ch not in _VARIATION_SELECTORS:
+                kept.append(ch)
+        elif group[0] == "L" or (digits and group == "Nd"):
+            kept.append(ch)
+            after_kept = True
+        else:
+            after_kept = False
+    return "".join(kept)
 
 
 def _lookup_key(text: str) -> str:
-    """ASCII a-z only, accents folded: the key of the country and state tables."""
+    """ASCII a-z only, accents folded (ß as ss): the key of the country and state tables."""
     if not text.isascii():
-        decomposed = unicodedata.normalize("NFKD", text)
+        decomposed = unicodedata.normalize("NFKD", text.casefold())
         text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return _NOT_ASCII_LETTER.sub("", text.lower())
 
@@ -287,19 +386,37 @@ def _lookup_key(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _country_table() -> dict[str, str]:
-    """Alpha-2, alpha-3, ISO names and aliases (as `_lookup_key`) -> lowercase alpha-2."""
+    """Alpha-2 and alpha-3 codes, then names (as `_lookup_key`) -> lowercase alpha-2.
+
+    The first source to claim a key keeps it, in this order: codes (no name shadows a code),
+    ISO's English names, CLDR's English names, the aliases, CLDR's other languages.
+    """
+    from babel import Locale  # loaded here: only a country written as a name needs it
+
     table: dict[str, str] = {}
-    for country in pycountry.countries:
-        alpha2 = country.alpha_2.lower()
+    iso = {country.alpha_2: country for country in pycountry.countries}
+    for alpha2, country in iso.items():
+        table[alpha2.lower()] = alpha2.lower()
+        table[country.alpha_3.lower()] = alpha2.lower()
+
+    def add(name: str, alpha2: str) -> None:
+        key = _lookup_key(name)
+        if key and alpha2 in iso:
+            table.setdefault(key, alpha2.lower())
+
+    for alpha2, country in iso.items():
         for attr in ("name", "official_name", "common_name"):
             name = getattr(country, attr, None)
             if name:
-                table[_lookup_key(name)] = alpha2
-        table[country.alpha_3.lower()] = alpha2
-    # Codes last, so no name can shadow a code.
-    for country in pycountry.countries:
-        table[country.alpha_2.lower()] = country.alpha_2.lower()
-    table.update(_COUNTRY_ALIASES)
+                add(name, alpha2)
+    english, *others = (Locale.parse(lang).territories for lang in _COUNTRY_NAME_LANGUAGES)
+    for alpha2, name in english.items():
+        add(name, alpha2)
+    for key, code in _COUNTRY_ALIASES.items():
+        table.setdefault(key, code)
+    for names in others:
+        for alpha2, name in names.items():
+            add(name, alpha2)
     return table
 
 
@@ -337,7 +454,7 @@ def _email(value: object, cc: str | None = None) -> str:
         text = unicodedata.normalize("NFC", text)
         ok = _EMAIL_UNICODE.fullmatch(text) is not None
     if not ok or "@-" in text or ".-" in text or "-." in text or text.endswith("-"):
-        raise _Reject("not a valid email address")
+        raise _Reject(NOT_AN_EMAIL, "not a valid email address")
     return text
 
 
@@ -349,6 +466,10 @@ def _phone(value: object, cc: str | None = None) -> str:
         plain = _PLAIN_PHONE.fullmatch(text) is not None
     digits: str | None = None
     if text.startswith("+"):
+        if text[1:2] == "0":
+            # "+001 ...", "+0044 ...": an international call prefix typed after the "+" (the
+            # pixel and Meta's builders drop the zeros, §3).
+            text = "+" + text[1:].lstrip("0")
         # International format: the digits already carry the calling code. "+44 (0)..." keeps a
         # national trunk 0 that must go, and letters need a keypad map: phonenumbers for those.
         if plain and "(0" not in text:
@@ -357,17 +478,39 @@ def _phone(value: object, cc: str | None = None) -> str:
             digits = _parse_phone(text, None)
     elif cc is not None:
         digits = _national_phone(text, cc, plain)
+    else:
+        digits = _without_country(text, plain)
     if digits is None:
         # Meta's rule when nothing better is known: digits only, leading zeros dropped (an
         # international "00" prefix goes with them).
         digits = _NOT_DIGIT.sub("", text).lstrip("0")
     if not digits:
-        raise _Reject("no digits")
+        raise _Reject(NO_DIGITS)
     if len(digits) < _PHONE_MIN_DIGITS:
-        raise _Reject(f"too short for a phone number (fewer than {_PHONE_MIN_DIGITS} digits)")
+        raise _Reject(
+            TOO_SHORT, f"too short for a phone number (fewer than {_PHONE_MIN_DIGITS} digits)"
+        )
     if len(digits) > _PHONE_MAX_DIGITS:
-        raise _Reject(f"too long for a phone number (more than {_PHONE_MAX_DIGITS} digits)")
+        raise _Reject(
+            TOO_MANY_DIGITS, f"too long for a phone number (more than {_PHONE_MAX_DIGITS} digits)"
+        )
     return digits
+
+
+def _without_country(text: str, plain: bool) -> str | None:
+    """The digits of a number written without "+" when no country is known, or raise `_Reject`
+    when it has no calling code (a national number can't match, §3). None: let the caller's
+    digits-only rule decide (it reports no digits, too short, too long)."""
+    digits = _NOT_DIGIT.sub("", text)
+    if text.startswith("00") or not _PHONE_MIN_DIGITS <= len(digits) <= _PHONE_MAX_DIGITS:
+        return None  # "00" is the international prefix: the calling code follows it
+    if text[0] != "0" and not text.startswith("(0"):  # a leading 0 is a national trunk prefix
+        # Digits typed without "+" carry a calling code only when they read as a real number
+        # of the country that code names; "(616) 954-7888" would be "+61 6954 7888", no number.
+        found = _parse_phone("+" + (digits if plain else text), None, valid=True)
+        if found is not None:
+            return found
+    raise _Reject(NO_COUNTRY_CODE, _NO_COUNTRY_CODE_DETAIL)
 
 
 def _national_phone(text: str, cc: str, plain: bool) -> str | None:
@@ -384,23 +527,35 @@ def _national_phone(text: str, cc: str, plain: bool) -> str | None:
     return _parse_phone(text, cc.upper())
 
 
-def _parse_phone(text: str, region: str | None) -> str | None:
+def _parse_phone(text: str, region: str | None, *, valid: bool = False) -> str | None:
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(number):
         return None  # parse() does not validate: "123456" in US would become "1123456"
+    if valid and not phonenumbers.is_valid_number(number):
+        return None
     e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     return e164.lstrip("+")
 
 
 def _name(value: object, cc: str | None = None) -> str:
-    if isinstance(value, str) and value.isascii() and value.isalpha() and len(value) <= 64:
+    """fn, ln: letters and digits (§3: ``John2`` is ``john2``; only the city drops digits)."""
+    if isinstance(value, str) and value.isascii() and value.isalnum() and len(value) <= 64:
         return value.lower()  # the common case ("John"): nothing to strip
+    kept = _letters(_text(value, _MAX_HASHED_DEFAULT), digits=True)
+    if not kept:
+        raise _Reject(NO_LETTERS, "has no letters or digits")
+    return kept
+
+
+def _city(value: object, cc: str | None = None) -> str:
+    if isinstance(value, str) and value.isascii() and value.isalpha() and len(value) <= 64:
+        return value.lower()  # the common case ("Paris"): nothing to strip
     letters = _letters(_text(value, _MAX_HASHED_DEFAULT))
     if not letters:
-        raise _Reject("has no letters")
+        raise _Reject(NO_LETTERS, "has no letters")
     return letters
 
 
@@ -418,7 +573,7 @@ def _state(value: object, cc: str | None = None) -> str:
             return found
     letters = _letters(text)
     if not letters:
-        raise _Reject("has no letters")
+        raise _Reject(NO_LETTERS, "has no letters")
     return letters
 
 
@@ -429,13 +584,15 @@ def _zip(value: object, cc: str | None = None) -> str:
     text = _text(value, _MAX_HASHED_DEFAULT, allow_int=True)
     compact = _NOT_ASCII_ALNUM.sub("", text.lower())
     if not compact:
-        raise _Reject("has no letters or digits")
+        raise _Reject(EMPTY, "has no letters or digits")
     if len(compact) > _MAX_POSTAL_LEN:
-        raise _Reject(f"longer than {_MAX_POSTAL_LEN} characters for a postal code")
+        raise _Reject(TOO_LONG, f"longer than {_MAX_POSTAL_LEN} characters for a postal code")
+    if len(compact) < _MIN_POSTAL_LEN:
+        raise _Reject(TOO_SHORT, f"shorter than {_MIN_POSTAL_LEN} characters: not a postal code")
     us = _US_ZIP.fullmatch(compact)
     if cc == "us":
         if us is None:
-            raise _Reject("not a US ZIP code (5 digits, or ZIP+4)")
+            raise _Reject(NOT_A_US_ZIP, "not a US ZIP code (5 digits, or ZIP+4)")
         return us.group(1)  # Meta: US ZIP codes use the first 5 digits only
     if cc is None and us is not None:
         return us.group(1)
@@ -451,7 +608,7 @@ def _country_code(value: str) -> str | None:
 def _country(value: object, cc: str | None = None) -> str:
     code = _country_code(_text(value, _MAX_HASHED_DEFAULT))
     if code is None:
-        raise _Reject("not a known country (use ISO 3166-1 alpha-2, e.g. 'us')")
+        raise _Reject(UNKNOWN_COUNTRY, "not a known country (use ISO 3166-1 alpha-2, e.g. 'us')")
     return code
 
 
@@ -461,9 +618,9 @@ def _dob(value: object, cc: str | None = None) -> str:
     else:
         day = _parse_dob(_text(value, _MAX_HASHED_DEFAULT, allow_int=True))
     if day.year < _DB_MIN_YEAR:
-        raise _Reject(f"year before {_DB_MIN_YEAR}")
+        raise _Reject(DATE_OUT_OF_RANGE, f"year before {_DB_MIN_YEAR}")
     if day > _dt.date.today():
-        raise _Reject("date is in the future")
+        raise _Reject(DATE_OUT_OF_RANGE, "date is in the future")
     return f"{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
@@ -479,26 +636,31 @@ def _parse_dob(text: str) -> _dt.date:
         # Dotted dates (16.02.1997) are day-first wherever they are written.
         day, month, year = (int(g) for g in match.groups())
     else:
-        raise _Reject("not a date (use YYYY-MM-DD, YYYYMMDD or M/D/YYYY)")
+        raise _Reject(NOT_A_DATE, "not a date (use YYYY-MM-DD, YYYYMMDD or M/D/YYYY)")
     try:
         return _dt.date(year, month, day)
     except ValueError:
-        raise _Reject("not a real calendar date") from None
+        raise _Reject(NOT_A_DATE, "not a real calendar date") from None
 
 
 def _gender(value: object, cc: str | None = None) -> str:
     found = _GENDERS.get(_text(value, _MAX_HASHED_DEFAULT).lower())
     if found is None:
-        raise _Reject("not a gender Meta accepts (f, m, female, male)")
+        raise _Reject(UNKNOWN_GENDER, "not a gender Meta accepts (f, m, female, male)")
     return found
 
 
 def _external_id(value: object, cc: str | None = None, *, lowercase: bool = True) -> str:
     text = _text(value, _MAX_LEN["external_id"], allow_int=True)
     if not text.isprintable() and _CONTROL.search(text) is not None:
-        raise _Reject("contains control characters")
-    # Lowercased as Meta's Node SDK and the pixel do, so server and browser hashes agree.
-    return text.lower() if lowercase else text
+        raise _Reject(CONTROL_CHARACTERS, "contains control characters")
+    if not lowercase:
+        return text  # sent in clear (hash_external_id=False): trimmed only
+    # Lowercased and without any whitespace inside, as the pixel and Meta's builders do
+    # ("user 123 id" -> "user123id", §3), so server and browser hashes agree.
+    if " " in text or not text.isprintable():
+        text = "".join(text.split())
+    return text.lower()
 
 
 _Rule = Callable[[object, "str | None"], str]
@@ -509,7 +671,7 @@ _RULES: dict[str, _Rule] = {
     "ln": _name,
     "ge": _gender,
     "db": _dob,
-    "ct": _name,
+    "ct": _city,
     "st": _state,
     "zp": _zip,
     "country": _country,
@@ -536,23 +698,28 @@ def normalize_email(value: object) -> str | None:
 def normalize_phone(value: object, country: str | None = None) -> str | None:
     """Digits only with the country calling code (E.164 without ``+``).
 
-    A number written without ``+`` or an international prefix is read as a national number
-    of ``country`` (any spelling `normalize_country` accepts) when one is given, so the calling
-    code is added and a trunk prefix handled: UK ``07700 900123`` → ``447700900123``. Without a
-    country, Meta's rule: digits only, leading zeros dropped. ``None`` when fewer than 7 or
-    more than 15 digits remain.
+    ``+`` followed by zeros is an international call prefix: ``+0044 20 7946 0958`` →
+    ``442079460958``. A number written without ``+`` or an international prefix is read as a
+    national number of ``country`` (any spelling `normalize_country` accepts) when one is
+    given, so the calling code is added and a trunk prefix handled: UK ``07700 900123`` →
+    ``447700900123``. Without a country such a number keeps its digits only when they read as
+    a valid number with a calling code (``16169547888``); a national one (``(616) 954-7888``,
+    ``07700 900123``) is ``None``: it cannot match. ``None`` too when fewer than 7 or more than
+    15 digits remain.
     """
     return _apply(_phone, value, country)
 
 
 def normalize_name(value: object) -> str | None:
-    """First or last name: lowercase, letters of any script only (``Mary-Jane`` → ``maryjane``)."""
+    """First or last name: lowercase letters of any script and digits; no spaces, punctuation
+    or emoji (``Mary-Jane`` → ``maryjane``, ``John2`` → ``john2``)."""
     return _apply(_name, value)
 
 
 def normalize_city(value: object) -> str | None:
-    """City: lowercase letters only, no spaces/punctuation/digits (``New York`` → ``newyork``)."""
-    return _apply(_name, value)
+    """City: lowercase letters only, no spaces/punctuation/digits/emoji (``New York`` →
+    ``newyork``)."""
+    return _apply(_city, value)
 
 
 def normalize_state(value: object, country: str | None = None) -> str | None:
@@ -565,7 +732,8 @@ def normalize_state(value: object, country: str | None = None) -> str | None:
 
 
 def normalize_zip(value: object, country: str | None = None) -> str | None:
-    """Postal code: lowercase, no spaces or dashes; US: the first 5 digits.
+    """Postal code: lowercase, no spaces or dashes; US: the first 5 digits. ``None`` when
+    fewer than 2 characters remain.
 
     The US rule applies when ``country`` is US, or unknown and the value is 5 or 5+4 digits.
     """
@@ -591,7 +759,8 @@ def normalize_gender(value: object) -> str | None:
 
 
 def normalize_external_id(value: object) -> str | None:
-    """Trimmed and lowercased (ints accepted), ready to hash."""
+    """Lowercased, without any whitespace (``user 123 id`` → ``user123id``; ints accepted),
+    ready to hash."""
     return _apply(_external_id, value)
 
 
@@ -613,19 +782,19 @@ class NormalizedUserData:
     problems: tuple[Problem, ...]
 
 
-def _dropped(meta: str, given: str, index: int | None, reason: str) -> Problem:
+def _dropped(meta: str, given: str, index: int | None, reject: _Reject) -> DroppedValue:
     where = f"user_data.{meta}" if index is None else f"user_data.{meta}[{index}]"
     note = "" if given == meta else f" (given as '{given}')"
-    return Problem(where, f"{reason}{note}; dropped", fatal=False)
+    return DroppedValue(where, f"{reject.detail}{note}; dropped", None, False, meta, reject.reason)
 
 
 def _clear_value(key: str, value: object) -> str:
     if isinstance(value, (list, tuple)):
-        raise _Reject("expected a single string, got a list")
+        raise _Reject(NOT_TEXT, "expected a single string, got a list")
     limit = _MAX_LEN.get(key, _MAX_CLEAR_DEFAULT)
     text = _text(value, limit, allow_int=key in _NUMERIC_ID_CLEAR_KEYS)
     if not text.isprintable() and _CONTROL.search(text) is not None:
-        raise _Reject("contains control characters")
+        raise _Reject(CONTROL_CHARACTERS, "contains control characters")
     return text
 
 
@@ -688,9 +857,10 @@ def _add(
             _external_id(item, lowercase=False) if as_clear else _hash_value(meta, rule, item, cc)
         ] = None
     except _Reject as exc:
-        problems.append(_dropped(meta, given, index, exc.reason))
+        problems.append(_dropped(meta, given, index, exc))
     except Exception:  # a bug of ours must not break the host's request
-        problems.append(_dropped(meta, given, index, "could not be normalized"))
+        reject = _Reject(INTERNAL_ERROR, "could not be normalized")
+        problems.append(_dropped(meta, given, index, reject))
 
 
 def _event_country(raw: object, default_country: str | None) -> str | None:
@@ -746,7 +916,7 @@ def normalize_user_data(
             try:
                 clear[meta] = _clear_value(meta, value)
             except _Reject as exc:
-                problems.append(_dropped(meta, given, None, exc.reason))
+                problems.append(_dropped(meta, given, None, exc))
             continue
         out = hashed.get(meta)
         if out is None:
@@ -760,4 +930,29 @@ def normalize_user_data(
             _add(out, meta, rule, value, cc, as_clear, given, None, problems)
     data: dict[str, Any] = {key: list(values) for key, values in hashed.items() if values}
     data.update(clear)
+    if (
+        problems
+        and default_country is None
+        and not _no_country_code_logged
+        and any(getattr(p, "reason", None) == NO_COUNTRY_CODE for p in problems)
+    ):
+        _log_no_country_code_once()
     return NormalizedUserData(data, tuple(problems))
+
+
+_no_country_code_logged = False
+_no_country_code_lock = threading.Lock()
+
+
+def _log_no_country_code_once() -> None:
+    """One warning per process: without default_country, every national number is lost."""
+    global _no_country_code_logged
+    with _no_country_code_lock:
+        if _no_country_code_logged:
+            return
+        _no_country_code_logged = True
+    _logger.warning(
+        "capi_middleware: a phone number without a country code was dropped (it cannot match); "
+        "set default_country, or pass the event's country, so national numbers are completed. "
+        "Logged once per process."
+    )

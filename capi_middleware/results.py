@@ -39,7 +39,8 @@ class TrackResult:
         problems: every problem found (fatal ones make the status ``invalid``; others are
             values that were dropped while the event still went out).
         event_name: the Meta event name (GA4 names mapped).
-        custom_data: the event's Meta-shaped custom_data, for the pixel call.
+        custom_data: the event's Meta-shaped custom_data, for the pixel call (also on a
+            ``denied``, ``dropped`` or ``error`` result: the custom_data the event would carry).
     """
 
     event_id: str
@@ -54,13 +55,28 @@ class TrackResult:
         return self.status in ("queued", "dry_run")
 
     def fbq(self) -> str:
-        """The pixel call for the same event and event_id, safe inside ``<script>``."""
+        """The pixel call for the same event and event_id, safe inside ``<script>``.
+
+        Whatever the status, it carries the parameters the server event carries (or, when the
+        server did not send it, would carry): a ``denied`` result still renders the call, and
+        the pixel's own consent state decides whether it fires. The one exception is
+        ``invalid``: an event that breaks Meta's rules is rendered as nothing (``""``), since
+        the pixel would send the same broken parameters; ``problems`` say what to fix.
+        """
+        if self.status == "invalid" or not self.event_name:
+            return ""
         return render_fbq_track(self.event_name, self.custom_data, self.event_id)
 
     def pixel_snippet(self, *, nonce: str | None = None) -> str:
-        """``<script>fbq(...)</script>`` for a template; ``nonce`` for a CSP ``script-src``."""
+        """``<script>fbq(...)</script>`` for a template; ``nonce`` for a CSP ``script-src``.
+
+        Empty (``""``) when `fbq` is: for an ``invalid`` result.
+        """
+        call = self.fbq()
+        if not call:
+            return ""
         attr = f' nonce="{html.escape(nonce, quote=True)}"' if nonce else ""
-        return f"<script{attr}>{self.fbq()}</script>"
+        return f"<script{attr}>{call}</script>"
 
 
 @dataclass(frozen=True)

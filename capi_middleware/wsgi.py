@@ -8,6 +8,7 @@ logged and counted, never raised into the request; the app's exceptions pass thr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -16,7 +17,7 @@ from urllib.parse import quote
 from capi_middleware.capture.context import RequestContext, activate, deactivate
 from capi_middleware.capture.headers import cap_header
 from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
-from capi_middleware.client import CAPIClient, client_for, log_internal_error
+from capi_middleware.client import CAPIClient, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
 
@@ -26,6 +27,8 @@ __all__ = ["CAPIWSGIMiddleware", "capture_environ"]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+logger = logging.getLogger("capi_middleware")
 
 # Characters a browser leaves unescaped in a path (as Django's escape_uri_path keeps them).
 _PATH_SAFE = "/:@&+$,-_.!~*'();="
@@ -51,6 +54,10 @@ class CAPIWSGIMiddleware:
     fork), so that events an earlier process left in the outbox are delivered without waiting
     for a ``track()``. WSGI has no shutdown hook, so it is flushed by `close` and at interpreter
     exit (gunicorn's workers exit through it on SIGTERM).
+
+    A bad configuration never fails a request: the error is logged once, when the middleware
+    is built, and every request passes through untouched with tracking off (``track()``
+    returns status ``"error"`` naming the problem; ``middleware.client.config_error`` holds it).
     """
 
     def __init__(
@@ -61,7 +68,14 @@ class CAPIWSGIMiddleware:
         client: CAPIClient | None = None,
         **options: Any,
     ) -> None:
-        self.client = client = client_for("CAPIWSGIMiddleware", client, config, options)
+        self.client = client = usable_client("CAPIWSGIMiddleware", client, config, options)
+        self._config_error = client.config_error
+        if self._config_error is not None:
+            logger.error(
+                "capi_middleware: configuration error: %s; tracking is off and requests pass "
+                "through untouched",
+                self._config_error,
+            )
         config = client.config
         self.app = app
         self.config = config
@@ -73,6 +87,8 @@ class CAPIWSGIMiddleware:
         return f"CAPIWSGIMiddleware(app={self.app!r}, config={self.config!r})"
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self._config_error is not None:
+            return self._pass_through(environ, start_response)
         pipeline = self._pipeline
         if self._sender_due:
             self._start_sender()
@@ -99,6 +115,17 @@ class CAPIWSGIMiddleware:
         token = activate(ctx)
         try:
             return self.app(environ, start_response_with_cookies)
+        finally:
+            deactivate(token)
+
+    def _pass_through(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """A request under a rejected configuration: untouched; its track() reports why."""
+        ctx = environ["capi"] = RequestContext(self.client)
+        token = activate(ctx)
+        try:
+            return self.app(environ, start_response)
         finally:
             deactivate(token)
 

@@ -69,9 +69,41 @@ def test_repr_never_shows_secrets() -> None:
     ],
 )
 def test_bad_options_name_the_option(options: dict[str, object], option_named: str) -> None:
-    with pytest.raises(ValueError, match=f"^{option_named}:") as info:
+    with pytest.raises(ValueError, match=rf"^{option_named}( \[META_[A-Z_]+\])?:") as info:
         CAPIConfig(**options)  # type: ignore[arg-type]
     assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "label"),
+    [
+        ({"pixel_id": "abc", "access_token": TOKEN}, "pixel_id [META_PIXEL_ID]:"),
+        ({"pixel_id": "123"}, "access_token [META_ACCESS_TOKEN]:"),
+        ({"access_token": TOKEN}, "pixel_id [META_PIXEL_ID]:"),
+        ({"dry_run": True, "graph_url": "ftp://x"}, "graph_url [META_GRAPH_URL]:"),
+        ({"dry_run": True, "api_version": "26"}, "api_version [META_API_VERSION]:"),
+        ({"dry_run": True, "trusted_proxies": ["x"]}, "trusted_proxies [META_TRUSTED_PROXIES]:"),
+        ({"dry_run": True, "cookie_domain": "a b"}, "cookie_domain [META_COOKIE_DOMAIN]:"),
+        ({"dry_run": True, "default_country": "USA"}, "default_country [META_DEFAULT_COUNTRY]:"),
+        ({"dry_run": "yes"}, "dry_run [META_DRY_RUN]:"),
+        ({"dry_run": True, "batch_size": 0}, "batch_size:"),  # no variable for this one
+    ],
+)
+def test_every_message_about_an_option_names_its_environment_variable(
+    options: dict[str, object], label: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        CAPIConfig(**options)  # type: ignore[arg-type]
+    assert str(info.value).startswith(label)
+
+
+def test_a_missing_half_says_which_half_is_set() -> None:
+    with pytest.raises(ValueError) as info:
+        CAPIConfig.from_env({"META_PIXEL_ID": "123"})
+    assert str(info.value) == (
+        "access_token [META_ACCESS_TOKEN]: not set, but pixel_id [META_PIXEL_ID] is (they go "
+        "together; or set dry_run=True to send nothing)"
+    )
 
 
 def test_normalizes_values() -> None:
@@ -123,8 +155,9 @@ def test_from_env_reads_meta_variables_and_overrides_win() -> None:
 
 
 def test_from_env_bad_bool_names_the_variable() -> None:
-    with pytest.raises(ValueError, match="META_DRY_RUN"):
+    with pytest.raises(ValueError, match=r"^dry_run \[META_DRY_RUN\]: expected true"):
         CAPIConfig.from_env({"META_DRY_RUN": "maybe"})
+    assert CAPIConfig.from_env({"META_DRY_RUN": "debug"}).dry_run == "debug"
 
 
 def test_from_options_rejects_unknown_keywords_and_overrides_a_config() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from typing import Any
 
@@ -15,10 +16,12 @@ django_site.configure()
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.core.management.base import SystemCheckError  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
 from capi_middleware.capture.context import current  # noqa: E402
-from capi_middleware.django import get_pipeline  # noqa: E402
+from capi_middleware.django import check_settings, get_pipeline  # noqa: E402
 
 FBCLID = "IwAR_django-Click~1"
 UA = "Mozilla/5.0 DjangoTest/1.0"
@@ -113,9 +116,43 @@ def test_the_views_exception_is_handled_by_django_as_usual() -> None:
         ("pixel=1", "settings.CAPI"),
     ],
 )
-def test_bad_settings_fail_at_startup_naming_the_option(capi: Any, message: str) -> None:
+def test_bad_settings_fail_manage_py_check_naming_the_option(capi: Any, message: str) -> None:
+    with (
+        override_settings(CAPI=capi, INSTALLED_APPS=["capi_middleware.django.CAPIAppConfig"]),
+        pytest.raises(SystemCheckError, match=message) as info,
+    ):
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+    assert "capi_middleware.E001" in str(info.value)
     with override_settings(CAPI=capi), pytest.raises(ImproperlyConfigured, match=message):
-        WSGIHandler()
+        get_pipeline()  # the explicit call still raises
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_bad_settings_never_fail_a_request(mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    capi = {"pixel_id": "abc", "access_token": "t", "consent": True}
+    with caplog.at_level("ERROR", logger="capi_middleware"):
+        landing = GET[mode](capi, f"/landing?fbclid={FBCLID}")
+        bought = GET[mode](capi, "/buy")
+    assert landing.status_code == bought.status_code == 200
+    assert landing.headers.get_list("set-cookie") == []  # untouched: tracking is off
+    assert landing.json()["fbclid"] is None
+    assert bought.json()["status"] == "error"
+    said = [r.getMessage() for r in caplog.records if "configuration error" in r.getMessage()]
+    assert len(said) <= 1  # once per process and message (an earlier test may have said it)
+    assert all("pixel_id [META_PIXEL_ID]" in line for line in said)
+
+
+def test_manage_py_check_warns_about_what_would_drop_or_misroute_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("META_PIXEL_ID", "META_ACCESS_TOKEN", "META_DRY_RUN"):
+        monkeypatch.delenv(name, raising=False)
+    out = io.StringIO()
+    with override_settings(CAPI={"pixel_id": "1", "access_token": "t", "test_event_code": "T1"}):
+        call_command("check", stdout=out, stderr=out)
+    assert "capi_middleware.W002" in out.getvalue()
+    with override_settings(CAPI={"consent": True}):
+        assert [m.id for m in check_settings()] == ["capi_middleware.W001"]
 
 
 def test_one_pipeline_per_process_and_settings() -> None:

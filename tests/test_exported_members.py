@@ -41,6 +41,7 @@ PUBLIC = [
     "RequestContext",
     "TrackResult",
     "TrackStatus",
+    "Visitor",
     "__version__",
     "current",
 ]

@@ -32,6 +32,7 @@ from capi_middleware.rules.page_url import (
     page_host,
 )
 from capi_middleware.rules.pixel import render_fbq_track
+from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
     from capi_middleware.client import CAPIClient
@@ -120,6 +121,10 @@ class RequestContext:
         "response_cookies",
         "secure",
     )
+
+    # Limited Data Use's country and state: 0 = Meta geolocates the visitor (MatchSource).
+    ldu_country = 0
+    ldu_state = 0
 
     def __init__(
         self,
@@ -300,9 +305,14 @@ class RequestContext:
         event_time: Any = None,
         action_source: str | None = None,
         durable: bool | None = None,
+        visitor: Visitor | None = None,
         **custom_data_fields: Any,
     ) -> TrackResult:
         """Send one event to Meta in the background, with this request's match keys.
+
+        With ``visitor`` (another request's `Visitor`, e.g. in a payment webhook), the event
+        carries that visitor's IP, user agent, cookies, URLs and consent instead of this
+        request's own (`CAPIClient.track`).
 
         ``client_ip_address``, ``client_user_agent``, ``fbc``, ``fbp``, ``event_source_url`` and
         ``referrer_url`` come from the request; keys given in ``user_data`` win (give one as None
@@ -311,6 +321,18 @@ class RequestContext:
         input is invalid (`CAPIValidationError`).
         """
         client = self._client
+        if visitor is not None:
+            return client.track(
+                event_name,
+                visitor=visitor,
+                user_data=user_data,
+                custom_data=custom_data,
+                event_id=event_id,
+                event_time=event_time,
+                action_source=action_source,
+                durable=durable,
+                **custom_data_fields,
+            )
         try:
             if self._error is not None:
                 return TrackResult(
@@ -350,6 +372,19 @@ class RequestContext:
                 problems=(Problem("track", "internal error in capi_middleware; see the log"),),
                 event_name=event_name if isinstance(event_name, str) else "",
             )
+
+    def visitor(self) -> Visitor:
+        """This request's match context and consent as a `Visitor`, to store with an order.
+
+        A webhook or a job later sends the conversion with it (``client.track(...,
+        visitor=v)``). A denied request gives a denied visitor holding no match keys. Never
+        raises: a value that fails validation is left out.
+        """
+        try:
+            return Visitor.capture(self)
+        except Exception as exc:
+            self._client.count_internal_error("capture_errors", "visitor()", exc)
+            return Visitor(consent=_UNDECIDED)
 
     # -- the enhancement cookie ---------------------------------------------------------------
 

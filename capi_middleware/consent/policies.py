@@ -29,6 +29,7 @@ from capi_middleware.rules.tcf import TCString, parse_tc_string
 __all__ = [
     "DENIED",
     "GRANTED",
+    "NO_SIGNAL_REASON",
     "ConsentDecision",
     "ConsentPolicy",
     "ConsentSignals",
@@ -72,7 +73,9 @@ class ConsentDecision:
 GRANTED = ConsentDecision(granted=True, reason="granted")
 DENIED = ConsentDecision(granted=False, reason="denied")
 
-_NO_SIGNAL = ConsentDecision(granted=False, reason="no_signal")
+NO_SIGNAL_REASON = "no_signal"
+"""The reason of a default-policy denial for want of any consent signal (not a "no")."""
+_NO_SIGNAL = ConsentDecision(granted=False, reason=NO_SIGNAL_REASON)
 _POLICY_ERROR = ConsentDecision(granted=False, reason="policy_error")
 
 

@@ -135,7 +135,9 @@ def create_outbox_connection(
     make_private_folders(path.parent)
     # Create the file ourselves so it is born 0600: the rows hold hashed user data, IPs and
     # user agents, which no other local user should read. O_NOFOLLOW: a symlink slipped in
-    # since the check above is refused too.
+    # since the check above is refused too. The descriptor is closed before SQLite opens the
+    # file: closing any descriptor of a file drops the process's POSIX locks on it, SQLite's
+    # included (https://www.sqlite.org/howtocorrupt.html section 2.2).
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except OSError as exc:
@@ -143,32 +145,33 @@ def create_outbox_connection(
             raise OutboxFileError(_symlink_refusal(path)) from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OutboxFileError(f"{path}: not a regular file; set outbox to a file path")
-        conn = sqlite3.connect(
-            str(path),
-            timeout=busy_timeout,
-            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-            check_same_thread=False,  # used from several threads, under the store's _db_lock
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            # Only reads until the file is known to be ours (or new and empty).
-            _refuse_unless_outbox(conn, path)
-            _make_private(fd, path)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                on_wal_refused(mode)
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
-            _migrate(conn)
-            if max_bytes is not None:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count = {max(2, max_bytes // page_size)}")
-        except BaseException:
-            conn.close()
-            raise
+        st = os.fstat(fd)
     finally:
         os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutboxFileError(f"{path}: not a regular file; set outbox to a file path")
+    conn = sqlite3.connect(
+        str(path),
+        timeout=busy_timeout,
+        isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+        check_same_thread=False,  # used from several threads, always under SQLiteStore._db_lock
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        # Only reads until the file is known to be ours (or new and empty).
+        _refuse_unless_outbox(conn, path)
+        _make_private(path, stat.S_IMODE(st.st_mode))
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            on_wal_refused(mode)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        _migrate(conn)
+        if max_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(2, max_bytes // page_size)}")
+    except BaseException:
+        conn.close()
+        raise
     for suffix in ("-wal", "-shm"):
         # SQLite gives these the database file's mode already; this covers a file whose
         # mode was changed after its WAL was created.
@@ -222,13 +225,15 @@ def _refuse_unless_outbox(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def _make_private(fd: int, path: Path) -> None:
-    """Tighten the outbox to 0600 if other users may read or write it; refuse if we can't."""
-    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+def _make_private(path: Path, mode: int) -> None:
+    """Tighten the outbox to 0600 if other users may read or write it; refuse if we can't.
+
+    By path, not by a descriptor: closing a descriptor would drop SQLite's locks (see above).
+    """
     if not mode & 0o077:
         return
     try:
-        os.fchmod(fd, 0o600)
+        os.chmod(path, 0o600)
     except OSError as exc:
         raise OutboxFileError(
             f"{path}: mode {mode:04o} lets other users read the outbox, and it cannot be "

@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,13 @@ from capi_middleware.delivery.reporting import (
     report_dead_letters,
 )
 from capi_middleware.delivery.stats import Counters, DeliveryStats, DropReason
-from capi_middleware.delivery.store import DeadLetter, EventStore, NewEvent, StoredEvent
+from capi_middleware.delivery.store import (
+    DeadLetter,
+    EventStore,
+    NewEvent,
+    SharedStore,
+    StoredEvent,
+)
 from capi_middleware.delivery.store_choice import (
     ClosedStore,
     open_configured_store,
@@ -98,8 +104,8 @@ class Sender:
     Parameters:
         config: the options; ``destinations()`` are the pixels each event goes to.
         transport: an httpx transport instead of the network (``FakeGraphAPI.transport()``).
-        store: where events wait; default: ``MemoryStore(config.max_queue)``, or the SQLite
-            outbox when ``config.outbox`` is set.
+        store: where events wait; default: ``MemoryStore(config.max_queue)``, or the outbox
+            ``config.outbox`` names (a SQLite file, or Redis Streams for a fleet).
 
     Tunables (attributes, seconds; tests shrink them): ``backoff_base`` and ``backoff_cap`` for
     transient failures, ``rate_limit_pause`` (when a 429 has no ``Retry-After``; doubles on each
@@ -376,6 +382,8 @@ class Sender:
             except Exception:
                 stored = self._store_backlog_hint
             with self._intake_lock:
+                if isinstance(self._store, SharedStore):
+                    return self._shared_stats()
                 c = self._counts
                 merged = Counters(
                     enqueued=c.enqueued + self._submit_counts.enqueued,
@@ -391,8 +399,34 @@ class Sender:
                     extra_dropped=self._submit_counts.dropped,
                     paused_until=paused_until,
                     pause_reason=reason,
-                    dry_run=self._config.dry_run,
+                    dry_run=bool(self._config.dry_run),
                 )
+
+    def _shared_stats(self) -> DeliveryStats:
+        """A shared store's books are the fleet's; this process adds its queue and its drops.
+
+        Called with both locks held.
+        """
+        assert isinstance(self._store, SharedStore)
+        books = self._store.books()
+        dropped = Counter(self._submit_counts.dropped)
+        dropped.update(self._counts.dropped)
+        dropped.update(books.dropped)
+        own = sum(self._submit_counts.dropped.values()) + sum(self._counts.dropped.values())
+        paused_until, reason = self._pause_state()
+        return Counters(
+            enqueued=books.enqueued + len(self._intake) + own,
+            delivered=books.delivered,
+            retried=self._counts.retried,
+            requests=self._counts.requests,
+            dead_lettered=Counter(books.dead_lettered),
+        ).snapshot(
+            backlog=books.backlog + len(self._intake),
+            extra_dropped=dropped,
+            paused_until=paused_until,
+            pause_reason=reason,
+            dry_run=bool(self._config.dry_run),
+        )
 
     def _pause_state(self) -> tuple[float | None, str | None]:
         if self._paused_until > time.monotonic() and self._paused_until_wall is not None:
@@ -480,7 +514,8 @@ class Sender:
                 lost = self._store.backlog()
             except Exception:
                 lost = 0
-            if lost and not self._store.durable:
+            shared = isinstance(self._store, SharedStore)
+            if lost and not self._store.durable and not shared:
                 self._counts.dropped[DropReason.CLOSED] += lost
                 logger.warning(
                     "capi_middleware: %d event(s) not delivered before close; lost", lost
@@ -490,7 +525,9 @@ class Sender:
             except Exception:
                 logger.exception("capi_middleware: closing the event store failed")
             self._retired = True
-            if self._store.durable:
+            if shared:
+                pass  # a closed shared store keeps answering its last books
+            elif self._store.durable:
                 # Kept for the next start; stats() reads this once the store is closed.
                 self._store_backlog_hint = lost
                 self._store = ClosedStore(lost)
@@ -514,6 +551,8 @@ class Sender:
             self._pixel_paused_until = {}
             self._due_at = time.time()
             self._wake.notify()
+        if isinstance(self._store, SharedStore):
+            self._store.clear_pauses()
 
     # -- the worker -----------------------------------------------------------------------
 
@@ -734,6 +773,7 @@ class Sender:
                 # Only this pixel waits: another destination's token may be fine.
                 until = time.time() + action.seconds
                 self._pixel_paused_until[pixel_id] = until
+                self._share_pause(action.seconds, pixel_id)
                 if pixel_id not in self._config_alerted:
                     self._config_alerted.add(pixel_id)
                     logger.error(
@@ -773,6 +813,15 @@ class Sender:
         with self._intake_lock:
             self._paused_until = time.monotonic() + seconds
             self._paused_until_wall = time.time() + seconds
+        self._share_pause(seconds)
+
+    def _share_pause(self, seconds: float, pixel_id: str | None = None) -> None:
+        """A pause seen here holds every host that shares the store (issue 15)."""
+        if isinstance(self._store, SharedStore):
+            try:
+                self._store.share_pause(seconds, pixel_id=pixel_id)
+            except Exception:
+                logger.exception("capi_middleware: sharing a pause failed")
 
     def _acknowledge(self, batch: Sequence[StoredEvent]) -> None:
         with self._state_lock:

@@ -1,8 +1,9 @@
 """Where events wait between ``track()`` and Meta's 200: the seam between sender and storage.
 
-Two stores implement `EventStore`: the bounded in-memory store (default) and the SQLite outbox
-(``outbox=``). The sender only ever talks to this protocol, so batching, retry and
-classification are the same whichever store holds the events.
+Three stores implement `EventStore`: the bounded in-memory store (default), the SQLite outbox
+(``outbox=`` a file) and the Redis Streams outbox shared by a fleet (``outbox=`` a ``redis://``
+URL), which also implements `SharedStore`. The sender only ever talks to these protocols, so
+batching, retry and classification are the same whichever store holds the events.
 
 Rules every store keeps:
 - ``put`` never blocks on the network and never raises into the caller for a full or broken
@@ -18,11 +19,11 @@ Rules every store keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["DeadLetter", "EventStore", "NewEvent", "StoredEvent"]
+__all__ = ["DeadLetter", "EventStore", "NewEvent", "SharedStore", "StoreBooks", "StoredEvent"]
 
 
 class NewEvent(NamedTuple):
@@ -108,4 +109,35 @@ class EventStore(Protocol):
 
         Events not yet delivered stay (durable stores) or are lost (memory).
         """
+        ...
+
+
+class StoreBooks(NamedTuple):
+    """A shared store's counters, balanced: ``enqueued == delivered + dead + dropped + backlog``.
+
+    They are the whole fleet's (every host's events that reached the shared store) plus this
+    process's part that has not reached it (held in memory while it was unreachable).
+    """
+
+    enqueued: int
+    delivered: int
+    dead_lettered: Mapping[str, int]
+    dropped: Mapping[str, int]  # events the store accepted and then lost (left in memory at close)
+    backlog: int
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store many processes on many hosts share; its books and pauses are the fleet's."""
+
+    def books(self) -> StoreBooks:
+        """The fleet's counters as of the last reading, without network I/O."""
+        ...
+
+    def share_pause(self, seconds: float, *, pixel_id: str | None = None) -> None:
+        """Pause every host (a rate limit) or one pixel on every host (a refused token)."""
+        ...
+
+    def clear_pauses(self) -> None:
+        """End every shared pause now."""
         ...

@@ -1,7 +1,7 @@
 """Which `EventStore` a sender holds: at start, in a forked child, and once it is closed.
 
-The one place that maps the configuration to a store (``outbox`` → the SQLite outbox, else the
-bounded memory store). A new kind of store is chosen here and nowhere else.
+The one place that maps the configuration to a store (``outbox`` → Redis Streams or the SQLite
+outbox, else the bounded memory store). A new kind of store is chosen here and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 
-from capi_middleware.config import CAPIConfig
+from capi_middleware.config import CAPIConfig, is_redis_outbox
 from capi_middleware.delivery.memory_store import MemoryStore
 from capi_middleware.delivery.store import EventStore, NewEvent
 
@@ -20,12 +20,18 @@ logger = logging.getLogger("capi_middleware.delivery")
 
 
 def open_configured_store(config: CAPIConfig) -> EventStore:
-    """The store ``config`` asks for: the SQLite outbox when ``outbox`` is set (not in a dry
-    run), else ``MemoryStore(config.max_queue)``."""
-    if config.outbox and not config.dry_run:
-        # The SQLite outbox is optional machinery; import it only when asked for.
-        module = importlib.import_module("capi_middleware.delivery.sqlite_store")
-        opened: EventStore = module.SQLiteStore(config.outbox, max_events=config.max_queue)
+    """The store ``config`` asks for (not in a dry run): Redis Streams for a ``redis://`` outbox
+    or a Redis client, the SQLite outbox for a path, else ``MemoryStore(config.max_queue)``."""
+    outbox = config.outbox
+    if outbox is not None and not config.dry_run:
+        # The outboxes are optional machinery; import one only when asked for.
+        opened: EventStore
+        if is_redis_outbox(outbox):
+            module = importlib.import_module("capi_middleware.delivery.redis_store")
+            opened = module.RedisStore(outbox, max_events=config.max_queue)
+        else:
+            module = importlib.import_module("capi_middleware.delivery.sqlite_store")
+            opened = module.SQLiteStore(outbox, max_events=config.max_queue)
         return opened
     return MemoryStore(config.max_queue)
 

@@ -8,6 +8,12 @@ trusted proxy is the client. Everything left of it is the client's own claim and
 RFC 7239 ``Forwarded`` is preferred over ``X-Forwarded-For`` when a trusted peer sends it. Meta
 must never receive a private, loopback, link-local or reserved address (META_CAPI_REFERENCE.md §3),
 so the answer passes through `sendable_ip`. Nothing here raises on what a visitor sends.
+
+Meta's Parameter Builder script keeps the visitor's public address (IPv6 preferred) in a one-day
+``_fbi`` cookie (§4). `fbi_address` reads it; `client_ip_with_fbi` decides when it is believed:
+only a public address, and only to give an IPv6 the request could not (an IPv4-only proxy or
+network in between) or an address where the request had none. docs/match-quality.md gives the
+reasons.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ForwardedInfo", "ProxyTrust", "resolve_client", "sendable_ip"]
+__all__ = [
+    "FBI_COOKIE",
+    "ForwardedInfo",
+    "ProxyTrust",
+    "client_ip_with_fbi",
+    "fbi_address",
+    "resolve_client",
+    "sendable_ip",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -28,6 +42,15 @@ _MAX_ADDRESS_LENGTH = 100
 # A forwarding header past this is hostile or broken. X-Forwarded-For is read from its right end
 # (where trusted proxies append), Forwarded is not read at all.
 MAX_FORWARDED_HEADER = 8 * 1024
+
+FBI_COOKIE = "_fbi"
+# The longest _fbi we read: an IPv6 with an embedded IPv4 (45), percent-encoded colons (x3),
+# and Parameter Builder's appendix.
+_MAX_FBI_LENGTH = 160
+# Parameter Builder's appendix after the address: 8 base64url characters or a legacy language
+# token (as on _fbc/_fbp, §4). It says which builder wrote the cookie, nothing about the address.
+_FBI_APPENDIX_RE = re.compile(r"[A-Za-z0-9_-]{8}|AQ|Ag|Aw|BA|BQ|Bg")
+_FBI_ADDRESS_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 
 _SCHEMES = frozenset({"http", "https", "ws", "wss"})
 _PORT_RE = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]{1,64}")  # RFC 7239 node-port incl. obfport
@@ -133,6 +156,45 @@ def sendable_ip(value: str) -> str | None:
     if not isinstance(value, str) or len(value) > _MAX_ADDRESS_LENGTH:
         return None
     return _sendable(value)
+
+
+def fbi_address(value: object) -> str | None:
+    """The public address in an ``_fbi`` cookie value, canonical, or None.
+
+    The value is the bare address (no port, brackets or zone), optionally followed by ``.``
+    and Parameter Builder's appendix, which is dropped; percent-encoded colons are read. An
+    IPv4-mapped IPv6 is its IPv4. None for anything else, and for every address `sendable_ip`
+    refuses (private, loopback, link-local, reserved, documentation, CGNAT ...). Never raises.
+    """
+    if not isinstance(value, str) or not 2 <= len(value) <= _MAX_FBI_LENGTH:
+        return None
+    if "%" in value:
+        value = value.replace("%3A", ":").replace("%3a", ":")
+    head, dot, tail = value.rpartition(".")
+    if dot and _FBI_APPENDIX_RE.fullmatch(tail):
+        value = head
+    if _FBI_ADDRESS_RE.fullmatch(value) is None or value.count(":") == 1:
+        return None  # also refuses ports, brackets, zone ids and whitespace
+    return sendable_ip(value)
+
+
+def client_ip_with_fbi(request_ip: str | None, fbi: str | None) -> str | None:
+    """The ``client_ip_address`` to send, given the request's own and the ``_fbi`` cookie's.
+
+    ``request_ip`` is what `resolve_client` found (already public, or None); ``fbi`` is the raw
+    cookie value (read only with consent). The cookie's public IPv6 wins over a request's
+    IPv4, and the cookie's address is used when the request has none. Otherwise the request's
+    address stands: it comes from the connection and the trusted proxies, while the cookie is
+    the visitor's claim, up to a day old, so it never replaces an address of its own family.
+    """
+    if fbi is None:
+        return request_ip
+    claimed = fbi_address(fbi)
+    if claimed is None:
+        return request_ip
+    if request_ip is None or (":" in claimed and ":" not in request_ip):
+        return claimed
+    return request_ip
 
 
 class ProxyTrust:

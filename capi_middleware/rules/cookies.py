@@ -5,8 +5,9 @@ raises on what a visitor sends. The format and the rules are META_CAPI_REFERENCE
 
 * ``_fbc`` = ``fb.{subdomain_index}.{creation_time_ms}.{fbclid}``
 * ``_fbp`` = ``fb.{subdomain_index}.{creation_time_ms}.{random 0..2147483647}``
-* either may carry a fifth segment written by Meta's Parameter Builder (8 base64url characters,
-  or a legacy 2-character language token); such values are valid and pass through unchanged.
+* either may carry a fifth segment written by Meta's Parameter Builder: exactly 8 base64url
+  characters, or one of the legacy language tokens ``AQ Ag Aw BA BQ Bg``; such values are valid
+  and pass through unchanged. Any other fifth segment makes the value malformed.
 
 A value that does not match the format is ignored and never echoed back: every value this module
 renders into a ``Set-Cookie`` header was validated first (or minted here).
@@ -73,8 +74,10 @@ _FBCLID_BYTES_RE = re.compile(_CLICK_ID.encode("ascii"))
 # Subdomain index: a small number without leading zeros (eTLD+1 of any real host has < 100 labels).
 _INDEX = r"(0|[1-9][0-9]?)"
 _CREATED = r"([0-9]{13})"
-# Parameter Builder's appendix: 8 base64url characters, or the legacy 2-character token.
-_APPENDIX = r"(?:\.(?:[A-Za-z0-9_-]{8}|[A-Za-z0-9_-]{2}))?"
+# Parameter Builder's appendix (§4): exactly 8 base64url characters, or one of the legacy
+# 2-character language tokens (any other two characters are not Meta's).
+_LEGACY_APPENDIX_TOKENS = ("AQ", "Ag", "Aw", "BA", "BQ", "Bg")
+_APPENDIX = rf"(?:\.(?:[A-Za-z0-9_-]{{8}}|{'|'.join(_LEGACY_APPENDIX_TOKENS)}))?"
 _FBC_RE = re.compile(rf"fb\.{_INDEX}\.{_CREATED}\.({_CLICK_ID}){_APPENDIX}")
 _FBP_RE = re.compile(rf"fb\.{_INDEX}\.{_CREATED}\.(0|[1-9][0-9]{{0,9}}){_APPENDIX}")
 _MAX_FBC_LENGTH = 3 + 3 + 14 + 1 + MAX_FBCLID_LENGTH + 9

@@ -1,10 +1,12 @@
 """A fake Graph API and pytest fixtures for testing an app that uses capi-middleware.
 
-See `capi_middleware.testing.fake` for the whole story; the names below are the public kit.
+See `capi_middleware.testing.fake` for the fake and `capi_middleware.testing.apps` for reaching an
+app's client and the environment fixtures; the names below are the public kit.
 """
 
 from __future__ import annotations
 
+from capi_middleware.testing.apps import fake_graph_env, fake_graph_session, find_client
 from capi_middleware.testing.fake import (
     FAKE_ACCESS_TOKEN,
     FAKE_PIXEL_ID,
@@ -21,4 +23,7 @@ __all__ = [
     "RecordedRequest",
     "fake_graph",
     "fake_graph_config",
+    "fake_graph_env",
+    "fake_graph_session",
+    "find_client",
 ]

@@ -106,7 +106,7 @@ def test_bad_config_exits_2_naming_the_option(
     monkeypatch.setenv("META_ACCESS_TOKEN", TOKEN)
     assert main(["send-test-event", "--pixel-id", "not-a-number"]) == 2
     err = capsys.readouterr().err
-    assert "pixel_id:" in err
+    assert "pixel_id [META_PIXEL_ID]:" in err
     assert TOKEN not in err
 
 

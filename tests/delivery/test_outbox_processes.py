@@ -29,19 +29,19 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from live import free_port, wait_until, wait_until_serving
 
 from capi_middleware.delivery.sqlite_store import open_outbox_file
 from capi_middleware.testing.fake import (
@@ -70,21 +70,6 @@ SERVER_ARGS = {
     "gunicorn": ["-m", "gunicorn", "apps.outbox_app:wsgi", "--bind", "127.0.0.1:{port}",
                  "--workers", "2", "--worker-class", "sync"],
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @dataclass
@@ -149,28 +134,14 @@ class Servers:
             )  # fmt: skip
         server = Server(proc, f"http://127.0.0.1:{port}", log, name)
         self.started.append(server)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited early:\n{server.logs()}")
-            try:
-                httpx.get(f"{server.base}/health", timeout=1)
-                return server
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError(f"{name} did not come up:\n{server.logs()}")
+        wait_until_serving(f"{server.base}/health", proc, logs=server.logs)
+        return server
 
     def cleanup(self) -> None:
         for server in self.started:
             if server.proc.poll() is None:
                 server.proc.kill()
                 server.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        yield api
 
 
 @pytest.fixture
@@ -361,8 +332,8 @@ def test_sigterm_during_an_outage_exits_in_time_and_keeps_every_event(
     fake.down = False
     second = servers.start("second", kind)
     event_ids.append(final_buy(second))
-    assert wait_for(lambda: set(event_ids) <= set(fake.event_ids)), second.logs()
-    assert wait_for(lambda: rows_in(outbox) == []), second.logs()  # delivered rows are pruned
+    assert wait_until(lambda: set(event_ids) <= set(fake.event_ids)), second.logs()
+    assert wait_until(lambda: rows_in(outbox) == []), second.logs()  # delivered rows are pruned
     sigterm(second)
     assert Counter(fake.event_ids) == Counter(event_ids)  # each exactly once
 
@@ -380,7 +351,7 @@ def test_the_next_process_delivers_what_was_left_without_waiting_for_traffic(
     # left "is sent by the next process that opens the file", not by the next purchase.
     second = servers.start("second")
     second.get("/health")
-    delivered = wait_for(lambda: set(event_ids) <= set(fake.event_ids))
+    delivered = wait_until(lambda: set(event_ids) <= set(fake.event_ids))
     assert delivered, (
         f"{len(set(event_ids) - set(fake.event_ids))} of {len(event_ids)} events left by the "
         f"stopped process were not sent by the next one within {DEADLINE}s (rows in the outbox: "
@@ -406,8 +377,9 @@ def test_sigkill_at_random_moments_loses_no_committed_event(
         name = f"round-{k}"
         server = servers.start(name, lease_seconds=str(LEASE_SECONDS))
         shoppers = shop([server, server], name)
-        assert wait_for(lambda: sum(len(s.committed) for s in shoppers) >= 5), server.logs()
-        time.sleep(rng.uniform(0.05, 0.8))
+        # The kill lands at a random point of the work: after a random number of purchases.
+        target = rng.randint(5, 100)
+        assert wait_until(lambda: sum(len(s.committed) for s in shoppers) >= target), server.logs()
         server.kill()
         killed.append(name)
         ids = finish(shoppers)
@@ -421,11 +393,11 @@ def test_sigkill_at_random_moments_loses_no_committed_event(
     def missing() -> set[str]:
         return set(committed) - set(fake.event_ids)
 
-    assert wait_for(lambda: not missing()), (
+    assert wait_until(lambda: not missing()), (
         f"{len(missing())} committed events never delivered; rows left: {len(rows_in(outbox))}"
         f"\n{final.logs()}"
     )
-    assert wait_for(lambda: rows_in(outbox) == []), final.logs()  # drained
+    assert wait_until(lambda: rows_in(outbox) == []), final.logs()  # drained
     final.stop()
 
     copies = delivered_copies(fake)
@@ -489,7 +461,7 @@ def kill_while_a_batch_is_held(fake: HoldingFake, server: Server) -> list[str]:
     The held rows stay leased to a dead process: only the lease running out frees them.
     """
     fake.hold = server.name
-    assert wait_for(lambda: held_requests(fake, server.name) != []), server.logs()
+    assert wait_until(lambda: held_requests(fake, server.name) != []), server.logs()
     server.kill()
     fake.hold = None
     held = [e for r in held_requests(fake, server.name) for e in r.event_ids]
@@ -506,20 +478,22 @@ def test_two_processes_share_the_outbox_and_the_survivor_takes_over_a_killed_one
     b = servers.start("worker-b", lease_seconds=str(LEASE_SECONDS))
     shoppers_a, shoppers_b = shop([a, a], "a"), shop([b, b], "b")
     everyone = shoppers_a + shoppers_b
-    assert wait_for(lambda: all(len(s.committed) >= 10 for s in everyone)), b.logs()
+    assert wait_until(lambda: all(len(s.committed) >= 10 for s in everyone)), b.logs()
     held = kill_while_a_batch_is_held(fake, a)
     from_a = finish(shoppers_a)
-    time.sleep(0.2)  # worker-b goes on serving a little, then the traffic stops
+    # worker-b goes on serving a little (ten purchases per shopper), then the traffic stops.
+    so_far = [len(s.committed) for s in shoppers_b]
+    assert wait_until(lambda: all(len(s.committed) >= n + 10 for s, n in zip(shoppers_b, so_far)))
     from_b = finish(shoppers_b)
     committed = from_a + from_b
 
     def missing() -> set[str]:
         return set(committed + held) - set(fake.event_ids)
 
-    assert wait_for(lambda: not missing()), (
+    assert wait_until(lambda: not missing()), (
         f"{len(missing())} events never delivered; rows left: {len(rows_in(outbox))}\n{b.logs()}"
     )
-    assert wait_for(lambda: rows_in(outbox) == []), b.logs()
+    assert wait_until(lambda: rows_in(outbox) == []), b.logs()
     b.stop()
     copies = delivered_copies(fake)
     # The held batch was never answered, so nothing was delivered twice: each event went out
@@ -544,18 +518,23 @@ def test_an_idle_survivor_takes_over_a_killed_ones_leases(
     b = servers.start("worker-b", lease_seconds=str(LEASE_SECONDS))
     first = final_buy(b)  # worker-b's sender runs, delivers, and then has nothing to do
     assert fake.wait_for_events(1, timeout=DEADLINE)
-    assert wait_for(lambda: b.get("/stats")["delivery"]["backlog"] == 0)
-    time.sleep(0.2)  # let worker-b's sender finish its round and go idle
+    # worker-b's sender has delivered, looked into the outbox again, found nothing: idle.
+    assert wait_until(lambda: idle(b.get("/stats"))), b.logs()
     fake.hold = a.name  # worker-a's first batch, whatever it holds, is never answered
     from_a = [final_buy(a) for _ in range(3)]
     held = kill_while_a_batch_is_held(fake, a)
     # No request reaches worker-b from here on: only the lease running out can wake it.
-    assert wait_for(lambda: set(from_a) <= set(fake.event_ids)), (
+    assert wait_until(lambda: set(from_a) <= set(fake.event_ids)), (
         f"worker-b, idle, never took over the {len(held)} events leased to the killed worker "
         f"(lease {LEASE_SECONDS}s; rows in the outbox: {len(rows_in(outbox))}):\n{b.logs()}"
     )
     b.stop()
     assert Counter(fake.event_ids) == Counter([first, *from_a])
+
+
+def idle(stats: Mapping[str, Any]) -> bool:
+    """True once a server's sender has delivered everything and found nothing more due."""
+    return bool(stats["delivery"]["backlog"] == 0 and stats["idle_looks"] >= 1)
 
 
 def held_requests(fake: FakeGraphAPI, sender: str) -> list[RecordedRequest]:
@@ -592,7 +571,7 @@ def test_a_broken_outbox_keeps_requests_working_and_events_flowing(
 
     fake.down = False
     assert fake.wait_for_events(bound, timeout=DEADLINE), server.logs()
-    assert wait_for(lambda: server.get("/stats")["delivery"]["backlog"] == 0), server.logs()
+    assert wait_until(lambda: server.get("/stats")["delivery"]["backlog"] == 0), server.logs()
     stats = server.get("/stats")
     delivery = stats["delivery"]
     assert stats["capture_errors"] == 0

@@ -115,6 +115,64 @@ INVALID_FBP = [
 ]
 
 
+# §4: a fifth segment is exactly 8 base64url characters or one of six legacy tokens.
+VALID_FIFTH_SEGMENTS = ["AQ", "Ag", "Aw", "BA", "BQ", "Bg", APPENDIX, "A-_zA-_z", "________"]
+INVALID_FIFTH_SEGMENTS = [
+    "AB",  # two base64url characters, but not a token Meta wrote
+    "aq",  # tokens are case-sensitive
+    "AG",
+    "Ah",
+    "BR",
+    "Bh",
+    "00",
+    "--",
+    "A",
+    "AQA",
+    "AQIBAQA",  # 7
+    "AQIBAQABX",  # 9
+    "AQIB+QAB",  # base64, not base64url
+    "AQIB/QAB",
+    "AQIBAQA=",  # padding
+    "",
+    "AQ ",
+]
+
+
+def plan_visitor_cookies(fbc: str, fbp: str) -> CookiePlan:
+    return plan_cookies(
+        host="shop.example.com",
+        secure=True,
+        cookies={"_fbc": fbc, "_fbp": fbp},
+        fbclid=None,
+        cookie_domain=None,
+        set_fbp=False,
+        now_ms=NOW,
+    )
+
+
+@pytest.mark.parametrize("segment", VALID_FIFTH_SEGMENTS)
+def test_a_valid_fifth_segment_passes_unchanged(segment: str) -> None:
+    fbc = f"fb.1.{T}.{CLICK}.{segment}"
+    fbp = f"fb.1.{T}.1234567890.{segment}"
+    assert is_valid_fbc(fbc)
+    assert fbc_click_id(fbc) == CLICK
+    assert is_valid_fbp(fbp)
+    plan = plan_visitor_cookies(fbc, fbp)
+    assert (plan.fbc, plan.fbp) == (fbc, fbp)
+    assert [h.split(";")[0] for h in plan.set_cookie] == [f"_fbc={fbc}", f"_fbp={fbp}"]
+
+
+@pytest.mark.parametrize("segment", INVALID_FIFTH_SEGMENTS)
+def test_any_other_fifth_segment_is_malformed(segment: str) -> None:
+    fbc = f"fb.1.{T}.{CLICK}.{segment}"
+    fbp = f"fb.1.{T}.1234567890.{segment}"
+    assert not is_valid_fbc(fbc)
+    assert fbc_click_id(fbc) is None
+    assert not is_valid_fbp(fbp)
+    plan = plan_visitor_cookies(fbc, fbp)
+    assert (plan.fbc, plan.fbp, plan.set_cookie) == (None, None, ())  # ignored, never echoed
+
+
 @pytest.mark.parametrize("value", VALID_FBC)
 def test_valid_fbc(value: str) -> None:
     assert is_valid_fbc(value)

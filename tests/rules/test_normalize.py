@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -14,8 +16,10 @@ import pytest
 from capi_middleware.errors import Problem
 from capi_middleware.normalize import (
     CLEAR_KEYS,
+    DROP_REASONS,
     FRIENDLY_KEYS,
     HASHED_KEYS,
+    DroppedValue,
     NormalizedUserData,
     is_sha256_hex,
     normalize_city,
@@ -169,7 +173,21 @@ def test_normalize_email(value: object, expected: str | None) -> None:
         ("07700 900123", "GB", "447700900123"),
         ("07700 900123", "gb", "447700900123"),
         ("07700 900123", "United Kingdom", "447700900123"),
-        ("07700 900123", None, "7700900123"),  # no country: Meta's digits-only rule
+        ("07700 900123", None, None),  # national, no country known: no country code
+        ("(616) 954-7888", None, None),
+        ("616-954-7888", None, None),
+        ("6169547888", None, None),
+        (6169547888, None, None),
+        ("016169547888", None, None),  # a trunk 0 marks a national number
+        ("011 44 7700 900123", None, None),  # 011 is only the US exit code when in the US
+        ("16169547888", None, "16169547888"),  # digits that read as +1 616...: has its code
+        ("1 (616) 954-7888", None, "16169547888"),
+        ("447911123456", None, "447911123456"),
+        ("+001 (616) 954-78 88", None, "16169547888"),  # + then zeros: a call prefix (§3)
+        ("+0044 20 7946 0958", None, "442079460958"),
+        ("+0044 20 7946 0958", "US", "442079460958"),
+        ("+01 616 954 7888", None, "16169547888"),
+        ("+00", None, None),
         ("0044 7700 900123", None, "447700900123"),
         ("0044 7700 900123", "GB", "447700900123"),
         ("011 44 7700 900123", "US", "447700900123"),
@@ -244,15 +262,29 @@ def test_phone_fast_paths_agree_with_libphonenumber(value: str, region: str) -> 
         ("O'Brien", "obrien"),
         ("Jean Paul", "jeanpaul"),
         ("Smith Jr.", "smithjr"),
-        ("John3", "john"),
+        ("John3", "john3"),  # §3: names keep digits
+        ("John2", "john2"),
+        ("Louis XIV 2nd", "louisxiv2nd"),
+        ("J0hn", "j0hn"),
+        ("Anne-Marie 3", "annemarie3"),
+        ("٣أحمد", "٣أحمد"),  # Arabic-Indic digit: a decimal digit too
+        ("Zoë ❤️", "zoë"),  # emoji and their variation selector go whole
+        ("Zoë\ufe0f", "zoë"),
+        ("Jo👍🏽hn", "john"),  # skin-tone modifier with its emoji
+        ("Ann 👨\u200d👩\u200d👧", "ann"),  # zero-width joiners with the family
+        ("Team 1️⃣", "team"),  # a keycap takes its digit along: never half an emoji
+        ("Agent 0\u20e37", "agent7"),
+        ("🇫🇷 Marie", "marie"),  # flags are regional indicators
         ("Иван", "иван"),
         ("Ωμέγα", "ωμέγα"),
         ("李", "李"),
         ("محمد", "محمد"),
         ("ZOË", "zoë"),
         ("😀", None),
-        ("123", None),
+        ("123", "123"),
         ("-.'", None),
+        ("❤️", None),
+        ("\u0301", None),  # a mark with no letter before it
         ("", None),
         (None, None),
         (7, None),
@@ -273,6 +305,12 @@ def test_normalize_name(value: object, expected: str | None) -> None:
         ("Zürich", "zürich"),
         ("München 80331", "münchen"),
         ("東京", "東京"),
+        ("Paris ❤️", "paris"),  # not "paris\ufe0f"
+        ("Paris\ufe0e", "paris"),
+        ("São Paulo 🇧🇷", "sãopaulo"),
+        ("Berlin 👋🏼", "berlin"),
+        ("Köln 1️⃣", "köln"),
+        ("New York 2", "newyork"),
         ("12345", None),
         ("", None),
     ],
@@ -337,6 +375,12 @@ def test_normalize_state(value: object, country: str | None, expected: str | Non
         ("1234-567", "PT", "1234567"),
         ("100-0001", "JP", "1000001"),
         ("9403", "US", None),  # not a US ZIP
+        ("1", None, None),  # §3: fewer than 2 characters is no postal code
+        ("A", "GB", None),
+        (" 7- ", "DE", None),
+        (7, None, None),
+        ("12", "IE", "12"),
+        ("D6", None, "d6"),
         ("ABCDE", "US", None),
         ("", None, None),
         (" - ", None, None),
@@ -472,6 +516,9 @@ def test_normalize_gender(value: object, expected: str | None) -> None:
     ("value", "expected"),
     [
         ("  ABC-123 ", "abc-123"),
+        ("user 123 id", "user123id"),  # §3: whitespace inside goes, as in the pixel
+        (" User  123\u00a0ID ", "user123id"),
+        ("a\u3000b", "ab"),
         ("user_42", "user_42"),
         (12345, "12345"),
         ("E2C1B1B8-3C34-4A4C-9F1F-000000000000", "e2c1b1b8-3c34-4a4c-9f1f-000000000000"),
@@ -493,6 +540,12 @@ def test_normalize_external_id(value: object, expected: str | None) -> None:
 
 def fields(result: NormalizedUserData) -> list[str]:
     return [p.field for p in result.problems]
+
+
+def drops(result: NormalizedUserData) -> list[DroppedValue]:
+    found = [p for p in result.problems if isinstance(p, DroppedValue)]
+    assert len(found) == len(result.problems), "every problem here is a dropped value"
+    return found
 
 
 def test_metas_email_example_from_a_friendly_key() -> None:
@@ -651,7 +704,7 @@ def test_numeric_id_clear_keys_accept_ints(key: str) -> None:
 
 
 def test_problems_name_the_field_and_index_and_never_the_value() -> None:
-    secrets = ["a@b", "jane.doe@@example.com", "12345", "Narnia", "13/13/1997", "unknown"]
+    secrets = ["a@b", "jane.doe@@example.com", "12345", "Narnia", "13/13/1997", "xyzzy"]
     result = normalize_user_data(
         {
             "email": ["ok@example.com", secrets[0], secrets[1]],
@@ -717,9 +770,11 @@ def test_default_country_applies_only_when_the_event_has_none() -> None:
     )
     assert hashed_country.data["ph"] == [h("447700900123")]
     nothing = normalize_user_data({"phone": "07700 900123"})
-    assert nothing.data == {"ph": [h("7700900123")]}
+    assert nothing.data == {}  # no country: never hashed without its calling code
+    assert [(p.key, p.reason) for p in drops(nothing)] == [("ph", "no country code")]
     bad_default = normalize_user_data({"phone": "07700 900123"}, default_country="Narnia")
-    assert bad_default.data == {"ph": [h("7700900123")]}
+    assert bad_default.data == {}
+    assert [(p.key, p.reason) for p in drops(bad_default)] == [("ph", "no country code")]
 
 
 def test_external_id_hashed_by_default_and_clear_when_asked() -> None:
@@ -820,3 +875,299 @@ def test_a_nan_or_surrogate_message_names_what_was_wrong() -> None:
     assert "NaN" in messages["user_data.fn[0]"]
     assert "surrogate" in messages["user_data.fn[1]"]
     assert "longer than 256" in messages["user_data.zp"]
+
+
+# -- why a value was dropped: one key and one stable reason per dropped value ----------------
+
+
+@pytest.mark.parametrize(
+    ("given", "value", "default_country", "key", "reason"),
+    [
+        ("email", "a@b", None, "em", "not an email"),
+        ("em", "   ", None, "em", "empty"),
+        ("em", "x" * 400, None, "em", "too long"),
+        ("em", 42, None, "em", "not text"),
+        ("phone", "(616) 954-7888", None, "ph", "no country code"),
+        ("ph", "07700 900123", None, "ph", "no country code"),
+        ("ph", "12345", "US", "ph", "too short"),
+        ("ph", "no digits here", "US", "ph", "no digits"),
+        ("ph", "+1234567890123456", None, "ph", "too many digits"),
+        ("first_name", "😀", None, "fn", "no letters"),
+        ("ln", "-.'", None, "ln", "no letters"),
+        ("city", "12345", None, "ct", "no letters"),
+        ("st", "12", "US", "st", "no letters"),
+        ("zip", "1", None, "zp", "too short"),
+        ("zp", "9403", "US", "zp", "not a US ZIP code"),
+        ("zp", " - ", None, "zp", "empty"),
+        ("country", "Narnia", None, "country", "unknown country"),
+        ("date_of_birth", "13/13/1997", None, "db", "not a date"),
+        ("db", "1899-12-31", None, "db", "date out of range"),
+        ("db", "2999-01-01", None, "db", "date out of range"),
+        ("gender", "x", None, "ge", "unknown gender"),
+        ("external_id", "a\x00b", None, "external_id", "control characters"),
+        ("fbc", 12345, None, "fbc", "not text"),
+        ("fbp", ["fb.1.2.3"], None, "fbp", "not text"),
+        ("client_user_agent", "M" * 3000, None, "client_user_agent", "too long"),
+        ("client_ip_address", "", None, "client_ip_address", "empty"),
+    ],
+)
+def test_every_dropped_value_names_its_key_and_a_stable_reason(
+    given: str, value: object, default_country: str | None, key: str, reason: str
+) -> None:
+    result = normalize_user_data({given: value}, default_country=default_country)
+    assert key not in result.data
+    (dropped,) = drops(result)
+    assert (dropped.key, dropped.reason) == (key, reason)
+    assert reason in DROP_REASONS
+    assert dropped.field == f"user_data.{key}"
+    assert dropped.fatal is False
+    assert isinstance(dropped, Problem)  # it travels wherever problems go
+
+
+def test_reasons_of_values_in_a_list_are_counted_one_by_one() -> None:
+    result = normalize_user_data(
+        {"phone": ["(616) 954-7888", "+1 616 954 7888", "07700 900123", "1"], "email": "a@b"}
+    )
+    assert result.data["ph"] == [h("16169547888")]
+    assert [(p.field, p.key, p.reason) for p in drops(result)] == [
+        ("user_data.ph[0]", "ph", "no country code"),
+        ("user_data.ph[2]", "ph", "no country code"),
+        ("user_data.ph[3]", "ph", "too short"),
+        ("user_data.em", "em", "not an email"),
+    ]
+
+
+def test_a_phone_without_country_code_says_how_to_fix_it() -> None:
+    (dropped,) = drops(normalize_user_data({"phone": "(616) 954-7888"}))
+    assert "country" in dropped.message
+    assert "default_country" in dropped.message
+    assert "616" not in dropped.message
+    assert "616" not in repr(dropped)
+
+
+def test_the_missing_country_code_is_logged_once_per_process_without_the_number() -> None:
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stderr, level=logging.INFO, format='%(message)s')\n"
+        "from capi_middleware.normalize import normalize_user_data\n"
+        "normalize_user_data({'phone': '+1 616 954 7888'})\n"
+        "normalize_user_data({'phone': '07700 900123'}, default_country='GB')\n"
+        "print('no log yet', file=sys.stderr)\n"
+        "for _ in range(3):\n"
+        "    normalize_user_data({'phone': ['(616) 954-7888', '07700 900123']})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "no log yet"
+    assert len(lines) == 2
+    assert "default_country" in lines[1]
+    for digits in ("616", "954", "7888", "7700", "900123"):
+        assert digits not in lines[1]
+
+
+# -- country names (§3): ISO's, the common English ones, and the shops' own languages ---------
+
+# Every ISO 3166-1 country by the name people commonly write in English (written from common
+# usage, not from the code's sources: where ISO's or CLDR's spelling differs, this is the test).
+ENGLISH_COMMON_NAMES = """
+ad Andorra|ae United Arab Emirates|af Afghanistan|ag Antigua and Barbuda|ai Anguilla|al Albania
+am Armenia|ao Angola|aq Antarctica|ar Argentina|as American Samoa|at Austria|au Australia
+aw Aruba|ax Åland Islands|az Azerbaijan|ba Bosnia and Herzegovina|bb Barbados|bd Bangladesh
+be Belgium|bf Burkina Faso|bg Bulgaria|bh Bahrain|bi Burundi|bj Benin|bl Saint Barthélemy
+bm Bermuda|bn Brunei|bo Bolivia|bq Caribbean Netherlands|br Brazil|bs Bahamas|bt Bhutan
+bv Bouvet Island|bw Botswana|by Belarus|bz Belize|ca Canada|cc Cocos (Keeling) Islands
+cd Democratic Republic of the Congo|cf Central African Republic|cg Republic of the Congo
+ch Switzerland|ci Ivory Coast|ck Cook Islands|cl Chile|cm Cameroon|cn China|co Colombia
+cr Costa Rica|cu Cuba|cv Cape Verde|cw Curaçao|cx Christmas Island|cy Cyprus|cz Czech Republic
+de Germany|dj Djibouti|dk Denmark|dm Dominica|do Dominican Republic|dz Algeria|ec Ecuador
+ee Estonia|eg Egypt|eh Western Sahara|er Eritrea|es Spain|et Ethiopia|fi Finland|fj Fiji
+fk Falkland Islands|fm Micronesia|fo Faroe Islands|fr France|ga Gabon|gb United Kingdom
+gd Grenada|ge Georgia|gf French Guiana|gg Guernsey|gh Ghana|gi Gibraltar|gl Greenland
+gm Gambia|gn Guinea|gp Guadeloupe|gq Equatorial Guinea|gr Greece
+gs South Georgia and the South Sandwich Islands|gt Guatemala|gu Guam|gw Guinea-Bissau
+gy Guyana|hk Hong Kong|hm Heard Island and McDonald Islands|hn Honduras|hr Croatia|ht Haiti
+hu Hungary|id Indonesia|ie Ireland|il Israel|im Isle of Man|in India
+io British Indian Ocean Territory|iq Iraq|ir Iran|is Iceland|it Italy|je Jersey|jm Jamaica
+jo Jordan|jp Japan|ke Kenya|kg Kyrgyzstan|kh Cambodia|ki Kiribati|km Comoros
+kn Saint Kitts and Nevis|kp North Korea|kr South Korea|kw Kuwait|ky Cayman Islands
+kz Kazakhstan|la Laos|lb Lebanon|lc Saint Lucia|li Liechtenstein|lk Sri Lanka|lr Liberia
+ls Lesotho|lt Lithuania|lu Luxembourg|lv Latvia|ly Libya|ma Morocco|mc Monaco|md Moldova
+me Montenegro|mf Saint Martin|mg Madagascar|mh Marshall Islands|mk North Macedonia|ml Mali
+mm Myanmar|mn Mongolia|mo Macau|mp Northern Mariana Islands|mq Martinique|mr Mauritania
+ms Montserrat|mt Malta|mu Mauritius|mv Maldives|mw Malawi|mx Mexico|my Malaysia|mz Mozambique
+na Namibia|nc New Caledonia|ne Niger|nf Norfolk Island|ng Nigeria|ni Nicaragua|nl Netherlands
+no Norway|np Nepal|nr Nauru|nu Niue|nz New Zealand|om Oman|pa Panama|pe Peru
+pf French Polynesia|pg Papua New Guinea|ph Philippines|pk Pakistan|pl Poland
+pm Saint Pierre and Miquelon|pn Pitcairn Islands|pr Puerto Rico|ps Palestine|pt Portugal
+pw Palau|py Paraguay|qa Qatar|re Réunion|ro Romania|rs Serbia|ru Russia|rw Rwanda
+sa Saudi Arabia|sb Solomon Islands|sc Seychelles|sd Sudan|se Sweden|sg Singapore
+sh Saint Helena|si Slovenia|sj Svalbard and Jan Mayen|sk Slovakia|sl Sierra Leone
+sm San Marino|sn Senegal|so Somalia|sr Suriname|ss South Sudan|st São Tomé and Príncipe
+sv El Salvador|sx Sint Maarten|sy Syria|sz Eswatini|tc Turks and Caicos Islands|td Chad
+tf French Southern Territories|tg Togo|th Thailand|tj Tajikistan|tk Tokelau|tl East Timor
+tm Turkmenistan|tn Tunisia|to Tonga|tr Turkey|tt Trinidad and Tobago|tv Tuvalu|tw Taiwan
+tz Tanzania|ua Ukraine|ug Uganda|um United States Minor Outlying Islands|us United States
+uy Uruguay|uz Uzbekistan|va Vatican City|vc Saint Vincent and the Grenadines|ve Venezuela
+vg British Virgin Islands|vi U.S. Virgin Islands|vn Vietnam|vu Vanuatu|wf Wallis and Futuna
+ws Samoa|ye Yemen|yt Mayotte|za South Africa|zm Zambia|zw Zimbabwe
+"""
+ENGLISH = [
+    tuple(entry.strip().split(" ", 1))
+    for entry in ENGLISH_COMMON_NAMES.replace("\n", "|").split("|")
+    if entry.strip()
+]
+
+
+def test_the_english_table_names_every_iso_country_once() -> None:
+    import pycountry
+
+    codes = [code for code, _ in ENGLISH]
+    assert len(codes) == len(set(codes))
+    assert set(codes) == {c.alpha_2.lower() for c in pycountry.countries}
+
+
+@pytest.mark.parametrize(("code", "name"), ENGLISH, ids=[code for code, _ in ENGLISH])
+def test_every_country_by_its_english_common_name(code: str, name: str) -> None:
+    assert normalize_country(name) == code
+    assert normalize_country(name.upper()) == code
+    assert normalize_country(code.upper()) == code
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        # Named in the reference (§3) as dropped before.
+        ("Brunei", "bn"),
+        ("Micronesia", "fm"),
+        ("Democratic Republic of the Congo", "cd"),
+        ("DR Congo", "cd"),
+        ("North Macedonia", "mk"),
+        ("Republic of North Macedonia", "mk"),
+        ("Macedonia", "mk"),
+        ("Ivory Coast", "ci"),
+        ("Côte d\u2019Ivoire", "ci"),  # CLDR's apostrophe
+        ("South Korea", "kr"),
+        ("Russia", "ru"),
+        ("Vietnam", "vn"),
+        ("Viet Nam", "vn"),
+        ("Türkiye", "tr"),
+        ("Turkiye", "tr"),
+        # ISO's own short and official names keep working.
+        ("Korea, Republic of", "kr"),
+        ("Bolivia, Plurinational State of", "bo"),
+        ("Federal Republic of Germany", "de"),
+        ("Congo, The Democratic Republic of the", "cd"),
+        ("Congo", "cg"),
+        # Everyday names.
+        ("Great Britain", "gb"),
+        ("England", "gb"),
+        ("UK", "gb"),
+        ("USA", "us"),
+        ("United States of America", "us"),
+        ("Holland", "nl"),
+        ("Czechia", "cz"),
+        ("Burma", "mm"),
+        ("Swaziland", "sz"),
+        ("Timor-Leste", "tl"),
+        ("Cabo Verde", "cv"),
+        ("Hong Kong SAR China", "hk"),
+        ("Macao", "mo"),
+        ("Palestinian Territories", "ps"),
+        ("UAE", "ae"),
+    ],
+)
+def test_common_country_names(name: str, code: str) -> None:
+    assert normalize_country(name) == code
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        # German
+        ("Deutschland", "de"),
+        ("Österreich", "at"),
+        ("Schweiz", "ch"),
+        ("Vereinigte Staaten", "us"),
+        ("Vereinigtes Königreich", "gb"),
+        ("Frankreich", "fr"),
+        ("Spanien", "es"),
+        ("Italien", "it"),
+        ("Niederlande", "nl"),
+        ("Russland", "ru"),
+        ("Südkorea", "kr"),
+        ("Türkei", "tr"),
+        ("Elfenbeinküste", "ci"),
+        ("Tschechien", "cz"),
+        ("Polen", "pl"),
+        ("Griechenland", "gr"),
+        ("Dänemark", "dk"),
+        ("Schweden", "se"),
+        ("Belgien", "be"),
+        ("Ägypten", "eg"),
+        ("Nordmazedonien", "mk"),
+        ("Weißrussland", "by"),
+        ("Vereinigte Arabische Emirate", "ae"),
+        # French
+        ("Allemagne", "de"),
+        ("États-Unis", "us"),
+        ("Etats-Unis", "us"),
+        ("Royaume-Uni", "gb"),
+        ("Espagne", "es"),
+        ("Belgique", "be"),
+        ("Suisse", "ch"),
+        ("Pays-Bas", "nl"),
+        ("Russie", "ru"),
+        ("Corée du Sud", "kr"),
+        ("Chine", "cn"),
+        ("Maroc", "ma"),
+        ("Algérie", "dz"),
+        ("Sénégal", "sn"),
+        ("Autriche", "at"),
+        ("Irlande", "ie"),
+        ("Grèce", "gr"),
+        ("Pologne", "pl"),
+        ("Turquie", "tr"),
+        ("Brésil", "br"),
+        ("Mexique", "mx"),
+        ("Japon", "jp"),
+        ("Tunisie", "tn"),
+        ("Macédoine du Nord", "mk"),
+        ("Royaume Uni", "gb"),
+        # Spanish
+        ("Alemania", "de"),
+        ("Estados Unidos", "us"),
+        ("Reino Unido", "gb"),
+        ("España", "es"),
+        ("Espana", "es"),
+        ("Francia", "fr"),
+        ("Italia", "it"),
+        ("México", "mx"),
+        ("Países Bajos", "nl"),
+        ("Suiza", "ch"),
+        ("Rusia", "ru"),
+        ("Corea del Sur", "kr"),
+        ("Brasil", "br"),
+        ("Perú", "pe"),
+        ("Japón", "jp"),
+        ("Costa de Marfil", "ci"),
+        ("Turquía", "tr"),
+        ("Bélgica", "be"),
+        ("Suecia", "se"),
+        ("Noruega", "no"),
+        ("Dinamarca", "dk"),
+        ("Polonia", "pl"),
+        ("Marruecos", "ma"),
+        ("Emiratos Árabes Unidos", "ae"),
+        ("Arabia Saudita", "sa"),
+        ("República Democrática del Congo", "cd"),
+    ],
+)
+def test_country_names_in_german_french_and_spanish(name: str, code: str) -> None:
+    assert normalize_country(name) == code
+
+
+def test_country_names_hash_as_their_code() -> None:
+    result = normalize_user_data({"country": ["Vereinigte Staaten", "Estados Unidos", "us"]})
+    assert result.data == {"country": [US_HASH]}
