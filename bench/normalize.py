@@ -1,7 +1,7 @@
 """Build, normalize, hash, validate, serialize 10,000 Purchase events: ours vs Meta's SDK.
 
 Run: /work/venv/bin/python bench/normalize.py [--events N] [--repeat R] [--profile]
-     /work/venv/bin/python bench/normalize.py --rules [--before REV]
+     /work/venv/bin/python bench/normalize.py --rules [--before REV] [--instructions]
 
 Both sides start from the same raw records (email, phone, first/last name, city, state, zip,
 country, IP, user agent, fbc, fbp, value, currency) and end with one JSON document per event:
@@ -26,7 +26,12 @@ of this checkout against the same function of ``normalize.py`` as it was at ``--
 revision, read with ``git show``; default: main before issue 14's rules), on the same records,
 the two taking turns in one process. Two record mixes: ``us`` (the Purchase records above) and
 ``world`` (names with accents, digits and emoji, country names in several languages, phones
-with and without ``+``, external ids, postal codes of several countries).
+with and without ``+``, external ids, postal codes of several countries). Times are this
+process's CPU time (``time.process_time``), so time spent descheduled on a busy machine does not
+count. ``--instructions`` counts instructions instead, under valgrind's callgrind (deterministic
+whatever else the machine does; needs valgrind, takes minutes): each side and mix runs twice,
+once building and warming only and once also normalizing ``--events`` records; the difference
+divided by ``--events`` is one record's cost.
 """
 
 from __future__ import annotations
@@ -37,10 +42,14 @@ import gc
 import hashlib
 import io
 import json
+import os
 import platform
 import pstats
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -215,16 +224,20 @@ Runner = Callable[[list[dict[str, Any]], float], Any]
 
 
 def best_of(
-    runners: dict[str, Runner], records: list[dict[str, Any]], now: float, repeat: int
+    runners: dict[str, Runner],
+    records: list[dict[str, Any]],
+    now: float,
+    repeat: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Best wall time of each runner; the runners take turns so drift hits all alike."""
+    """Best time of each runner by ``clock``; the runners take turns so drift hits all alike."""
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(repeat):
         for name, fn in runners.items():
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             fn(records, now)
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], clock() - start)
     return best
 
 
@@ -308,14 +321,72 @@ def user_data_runner(module: types.ModuleType) -> Runner:
     return run
 
 
+def rule_mixes(events: int) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "us": [user_data_of(r) for r in make_records(events, 1_700_000_000)],
+        "world": make_world_records(events),
+    }
+
+
+def run_side(side: str, before_revision: str, mix: str, events: int, measure: bool) -> None:
+    """One side of ``--instructions``, run under callgrind: build, warm, maybe normalize."""
+    if side == "before":
+        module = load_normalize_at(before_revision)
+    else:
+        from capi_middleware import normalize as module
+    records = rule_mixes(events)[mix]
+    run = user_data_runner(module)
+    run(rule_mixes(500)[mix], 0.0)  # warm on other records: tables, metadata, regex caches
+    if measure:
+        run(records, 0.0)
+
+
+def count_instructions(side: str, before_revision: str, mix: str, events: int) -> float:
+    """Instructions per record of one side on one mix (callgrind, start-up subtracted)."""
+    totals = []
+    for measure in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "callgrind.out"
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                f"--side={side}",
+                f"--mix={mix}",
+                f"--events={events}",
+                f"--before={before_revision}",
+                *(["--measure"] if measure else []),
+            ]
+            env = {**os.environ, "PYTHONHASHSEED": "0"}
+            subprocess.run(command, env=env, check=True, capture_output=True, timeout=3600)
+            summary = re.search(rb"^summary: (\d+)", out.read_bytes(), re.MULTILINE)
+            if summary is None:
+                raise RuntimeError(f"no callgrind summary for {side} {mix}")
+            totals.append(int(summary[1]))
+    return (totals[1] - totals[0]) / events
+
+
+def run_rules_instructions(before_revision: str, events: int) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {events} records per mix; "
+        "normalize_user_data instructions/record (callgrind)"
+    )
+    print(f"{'mix':<6} {'before ' + before_revision:>16} {'after':>10} {'after / before':>15}")
+    for mix in ("us", "world"):
+        b = count_instructions("before", before_revision, mix, events)
+        a = count_instructions("after", before_revision, mix, events)
+        print(f"{mix:<6} {b:16,.0f} {a:10,.0f} {a / b:14.3f}x")
+
+
 def run_rules(before_revision: str, events: int, repeat: int) -> None:
     from capi_middleware import normalize as after
 
     before = load_normalize_at(before_revision)
-    mixes = {
-        "us": [user_data_of(r) for r in make_records(events, int(time.time()))],
-        "world": make_world_records(events),
-    }
+    mixes = rule_mixes(events)
     print(
         f"python {platform.python_version()} on {platform.machine()}, {events} records per mix, "
         f"best of {repeat}; normalize_user_data µs/record"
@@ -325,7 +396,8 @@ def run_rules(before_revision: str, events: int, repeat: int) -> None:
     for mix, records in mixes.items():
         for run in runners.values():
             run(records[:500], 0.0)  # warm: tables, phone metadata, memos, regex caches
-        best = best_of(runners, records, 0.0, repeat)
+        # CPU time of this process: on a shared machine, time spent descheduled is not ours.
+        best = best_of(runners, records, 0.0, repeat, time.process_time)
         b, a = (best[name] / events * 1e6 for name in ("before", "after"))
         print(f"{mix:<6} {b:16.2f} {a:10.2f} {a / b:14.3f}x")
 
@@ -339,7 +411,20 @@ def main(argv: list[str] | None = None) -> int:
         "--rules", action="store_true", help="normalize_user_data: this checkout vs --before"
     )
     parser.add_argument("--before", default=BEFORE_RULES, help="git revision to compare with")
+    parser.add_argument(
+        "--instructions", action="store_true", help="with --rules: count under callgrind"
+    )
+    # One side of --instructions, run by it under valgrind.
+    parser.add_argument("--side", choices=("before", "after"), help=argparse.SUPPRESS)
+    parser.add_argument("--mix", choices=("us", "world"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.side is not None:
+        run_side(args.side, args.before, args.mix or "us", args.events, args.measure)
+        return 0
+    if args.rules and args.instructions:
+        run_rules_instructions(args.before, args.events)
+        return 0
     if args.rules:
         run_rules(args.before, args.events, args.repeat)
         return 0

@@ -17,7 +17,11 @@ import anyio.to_thread
 
 from capi_middleware.capture.context import RequestContext, activate, deactivate
 from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, cap_header
-from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.capture.pipeline import (
+    CapturePipeline,
+    cookies_not_set_by_app,
+    is_shared_cacheable,
+)
 from capi_middleware.client import CAPIClient, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
@@ -89,15 +93,13 @@ class CAPIMiddleware:
         return f"CAPIMiddleware(app={self.app!r}, config={self.config!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Whatever the app returns is returned (issue 10): a wrapper hides nothing.
         if self._config_error is not None:
-            await self._pass_through(scope, receive, send)
-            return
+            return await self._pass_through(scope, receive, send)
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self.app(scope, self._lifespan_receive(receive), send)
-                return
-            await self.app(scope, receive, send)  # websocket and anything else: untouched
-            return
+                return await self.app(scope, self._lifespan_receive(receive), send)
+            return await self.app(scope, receive, send)  # websocket and the rest: untouched
 
         if self._sender_due:
             await self._start_sender()  # no lifespan support: the first request does it
@@ -105,15 +107,14 @@ class CAPIMiddleware:
         token = activate(ctx)
         try:
             if not ctx.response_cookies and self._cookies_only_at_capture:
-                await self.app(scope, receive, send)
-                return
+                return await self.app(scope, receive, send)
 
             async def send_with_cookies(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    _add_cookies(ctx, message, self._pipeline)
+                    message = _with_cookies(ctx, message, self._pipeline)
                 await send(message)
 
-            await self.app(scope, receive, send_with_cookies)
+            return await self.app(scope, receive, send_with_cookies)
         finally:
             deactivate(token)
 
@@ -163,8 +164,7 @@ class CAPIMiddleware:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send)
         if not self._config_error_told:
             self._config_error_told = True
             logger.error("%s; tracking is off and requests pass through untouched", message)
@@ -175,7 +175,7 @@ class CAPIMiddleware:
             log_internal_error("storing the request context", exc)
         token = activate(ctx)
         try:
-            await self.app(scope, receive, send)
+            return await self.app(scope, receive, send)
         finally:
             deactivate(token)
 
@@ -276,28 +276,37 @@ def _raw_path_of(scope: Scope) -> str:
     return path.encode("utf-8").decode("latin-1")
 
 
-def _add_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipeline) -> None:
-    """Append the request's Set-Cookie values to the response head; never replace the app's.
+def _with_cookies(ctx: RequestContext, message: Message, pipeline: CapturePipeline) -> Message:
+    """The response head with this request's Set-Cookie values appended; never the app's dict.
 
-    The same as ``MutableHeaders(scope=message).append("set-cookie", ...)`` (Starlette's
-    cors.py), written out because it runs on every response.
+    A new message, never the app's own (issue 10): an app may send one prebuilt start message
+    for every response, and a cookie stored into it would reach every later visitor. Appended,
+    never replacing the app's cookies, and none that the app's response sets itself (the
+    browser would keep two). The same as Starlette's ``MutableHeaders.append`` on a copy,
+    written out because it runs on every response.
     """
     try:
         cookies = ctx.response_cookies.take()
         if not cookies:
-            return
-        # A copy: an app may reuse one header list for every response.
+            return message
         headers = list(message.get("headers") or ())
+        app_cookies: list[bytes] | None = None
         for name, value in headers:
-            if (
-                len(name) == 13  # len(b"cache-control"): most names are ruled out here
-                and name.lower() == b"cache-control"
-                and is_shared_cacheable(value.decode("latin-1"))
-            ):
-                # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
-                return
+            size = len(name)  # most names are ruled out by their length
+            if size == 13 and name.lower() == b"cache-control":
+                if is_shared_cacheable(value.decode("latin-1")):
+                    # A shared cache would hand this visitor's _fbp/_fbc to everyone else.
+                    return message
+            elif size == 10 and name.lower() == b"set-cookie":
+                app_cookies = [] if app_cookies is None else app_cookies
+                app_cookies.append(value)
+        if app_cookies is not None:
+            cookies = cookies_not_set_by_app(cookies, (v.decode("latin-1") for v in app_cookies))
         headers.extend([(b"set-cookie", cookie.encode("latin-1")) for cookie in cookies])
-        message["headers"] = headers
+        new = dict(message)
+        new["headers"] = headers
+        return new
     except Exception as exc:
         pipeline.count("capture_errors")
         log_internal_error("setting cookies", exc)
+        return message

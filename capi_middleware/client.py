@@ -10,6 +10,7 @@ arrows point from capture to the client, never back.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import traceback
 from collections import Counter
@@ -25,8 +26,8 @@ from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
-from capi_middleware.rules.enhancement import EnhancementCookie, Remembered
-from capi_middleware.rules.frozen import new_frozen
+from capi_middleware.rules.describe import describe_event
+from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
@@ -93,7 +94,12 @@ class CAPIClient:
         config = CAPIConfig.from_options(type(self).__name__, config, options)
         self.config = config
         self.enhancement = (
-            EnhancementCookie(config.enhancement_secret) if config.enhancement_secret else None
+            EnhancementCookie(
+                config.enhancement_secret,
+                site=site_binding(config.pixel_id, config.cookie_domain),
+            )
+            if config.enhancement_secret
+            else None
         )
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -279,6 +285,8 @@ class CAPIClient:
         """
         config = self.config
         name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+        if name not in event_rules.STANDARD_EVENTS and name not in _names_checked:
+            _warn_if_misspelled(name)
         for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
             if value is not None and not isinstance(value, Mapping):
                 problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
@@ -363,7 +371,9 @@ class CAPIClient:
                 event.event_name,
                 event.event_id,
             )
-            return new_frozen(TrackResult, {"status": "dry_run", **result_args}), event.user_data
+            if config.dry_run == "debug":
+                _print_dry_run(event.to_dict())
+            return TrackResult(status="dry_run", **result_args), event.user_data
 
         sender = self.sender()
         assert built.payload is not None  # build_event encodes every event it returns
@@ -380,8 +390,7 @@ class CAPIClient:
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
-        # TrackResult(...) without its frozen __init__ (capi_middleware/rules/frozen.py).
-        return new_frozen(TrackResult, {"status": status, **result_args}), event.user_data
+        return TrackResult(status=status, **result_args), event.user_data
 
     # -- the sender -------------------------------------------------------------------------
 
@@ -513,6 +522,34 @@ _CALL_DENIED = ConsentDecision(granted=False, reason="call")
 
 def _name_of(event_name: object) -> str:
     return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
+
+
+# Custom event names already checked for a likely typo (bounded: names are the app's own).
+_names_checked: set[str] = set()
+_NAMES_CHECKED_MAX = 1024
+
+
+def _warn_if_misspelled(name: str) -> None:
+    """Warn once per name when a custom event name is one edit away from a standard one."""
+    if len(_names_checked) >= _NAMES_CHECKED_MAX:
+        return
+    _names_checked.add(name)
+    meant = event_rules.near_standard_name(name)
+    if meant is not None:
+        logger.warning(
+            "capi_middleware: event name %r is not a standard event, so Meta counts it as a "
+            "custom event; did you mean %r? (said once per name)",
+            name[:64],
+            meant,
+        )
+
+
+def _print_dry_run(event: Mapping[str, Any]) -> None:
+    """``dry_run="debug"``: the event to stderr, as a developer asked (values masked)."""
+    try:
+        print(describe_event(event), file=sys.stderr, flush=True)
+    except Exception as exc:  # a closed or broken stderr must not cost the request
+        log_internal_error("printing a dry_run event", exc)
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:

@@ -76,10 +76,23 @@ class CAPIConfig:
         consent: a policy ``(ctx) -> bool | ConsentDecision`` or a built-in from
             `capi_middleware.consent`; ``None`` uses the default, which requires an opt-in
             signal (lawful in the EU). ``True`` grants always (only where no consent is needed).
-        trusted_proxies: IPs / CIDRs whose X-Forwarded-* and Forwarded headers are believed.
+        trusted_proxies: IPs / CIDRs whose forwarding headers are believed
+            [META_TRUSTED_PROXIES, comma-separated]; walked right to left (docs/security.md).
+        forwarded_headers: which headers a trusted proxy's answer is read from
+            [META_FORWARDED_HEADERS]: ``"x-forwarded"`` (default: X-Forwarded-For and
+            X-Forwarded-Proto, as uvicorn, gunicorn and most proxies set them) or
+            ``"forwarded"`` (RFC 7239 ``Forwarded``, only if your proxy writes it). The other
+            family is ignored, since a client can send it through the proxy.
+        trust_forwarded_host: take the page host from X-Forwarded-Host / ``Forwarded: host=``
+            of a trusted proxy [META_TRUST_FORWARDED_HOST]; default False (the Host header).
+            Even then a host outside ``cookie_domain`` (when set) is ignored.
         cookie_domain: the Domain of the ``_fbc``/``_fbp`` cookies; default: the registrable
             domain of the request's host (Public Suffix List).
         set_fbp: mint ``_fbp`` when the pixel has not (default True).
+        no_cookie_paths: path prefixes (``"/webhooks/"``) of requests no browser makes
+            (payment webhooks, health checks): the middleware sets no cookie on them. Whatever
+            the path, a new ``_fbp``/``_fbc`` is minted only for a request a browser made (it
+            has a Cookie header, a ``Sec-Fetch-*`` header, or an ``Accept`` with text/html).
         outbox: where events wait for delivery [META_OUTBOX]: None keeps them in memory; a path
             is a SQLite file (one host); a ``redis://`` or ``rediss://`` URL, or a
             ``redis.Redis`` client, is a Redis Streams outbox shared by a fleet of hosts (extra
@@ -100,6 +113,11 @@ class CAPIConfig:
         flush_interval: seconds an event may wait for a fuller batch.
         timeout: seconds for one Graph request (Meta recommends 1.5).
         shutdown_timeout: seconds ``close()`` waits for the backlog at shutdown.
+        serverless: deliver (or durably store) each request's events before the app's
+            ASGI/WSGI call returns, for AWS Lambda, Cloud Run and other platforms that freeze
+            the process between requests [META_SERVERLESS].
+        serverless_timeout: seconds a request that tracked something waits for its events
+            with ``serverless`` (what is still undelivered then stays queued or in the outbox).
         on_dead_letter: called (in the sender's thread) with each dead-lettered event record.
     """
 
@@ -112,8 +130,11 @@ class CAPIConfig:
     extra_pixels: tuple[Destination, ...] = ()
     consent: Any = None
     trusted_proxies: tuple[str, ...] = ()
+    forwarded_headers: str = "x-forwarded"
+    trust_forwarded_host: bool = False
     cookie_domain: str | None = None
     set_fbp: bool = True
+    no_cookie_paths: tuple[str, ...] = ()
     outbox: str | Any | None = None
     durable: bool = False
     dry_run: bool | Literal["debug"] = False
@@ -127,6 +148,8 @@ class CAPIConfig:
     flush_interval: float = 0.5
     timeout: float = 1.5
     shutdown_timeout: float = 5.0
+    serverless: bool = False
+    serverless_timeout: float = 2.0
     on_dead_letter: Callable[[Mapping[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -172,6 +195,25 @@ class CAPIConfig:
             tuple(str(p).strip() for p in coerce_sequence(self.trusted_proxies)),
         )
         self.trusted_networks()  # validates
+        paths = tuple(coerce_sequence(self.no_cookie_paths))
+        for path in paths:
+            if not isinstance(path, str) or not path.startswith("/") or not path.isascii():
+                raise _invalid(
+                    "no_cookie_paths", "each entry must be an ASCII path prefix starting with '/'"
+                )
+        set_(self, "no_cookie_paths", paths)
+        family = self.forwarded_headers
+        if isinstance(family, str):
+            family = family.strip().lower()
+        if family not in ("x-forwarded", "forwarded"):
+            raise _invalid(
+                "forwarded_headers",
+                "must be 'x-forwarded' (X-Forwarded-For and X-Forwarded-Proto) or 'forwarded' "
+                "(RFC 7239 Forwarded)",
+            )
+        set_(self, "forwarded_headers", family)
+        if not isinstance(self.trust_forwarded_host, bool):
+            raise _invalid("trust_forwarded_host", "must be True or False")
         if self.cookie_domain is not None:
             dom = self.cookie_domain.strip().lstrip(".").lower()
             if not dom or not re.fullmatch(r"[a-z0-9.-]+", dom) or ".." in dom:
@@ -191,7 +233,7 @@ class CAPIConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise _invalid(name, f"must be an integer from {lo} to {hi}")
-        for name in ("flush_interval", "timeout", "shutdown_timeout"):
+        for name in ("flush_interval", "timeout", "shutdown_timeout", "serverless_timeout"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -269,8 +311,9 @@ class CAPIConfig:
         """Build from ``META_*`` variables; keyword ``overrides`` win over the environment.
 
         Reads META_PIXEL_ID, META_ACCESS_TOKEN, META_APP_SECRET, META_TEST_EVENT_CODE,
-        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_TRUSTED_PROXIES
-        (comma-separated), META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
+        META_GRAPH_URL, META_API_VERSION, META_OUTBOX, META_DRY_RUN, META_SERVERLESS,
+        META_TRUSTED_PROXIES (comma-separated), META_FORWARDED_HEADERS,
+        META_TRUST_FORWARDED_HOST, META_COOKIE_DOMAIN, META_DEFAULT_COUNTRY.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -280,8 +323,12 @@ class CAPIConfig:
                 continue
             if option == "dry_run":
                 values[option] = _parse_dry_run(raw)
+            elif option == "serverless":
+                values[option] = _parse_flag(option, raw)
             elif option == "trusted_proxies":
                 values[option] = tuple(p for p in (s.strip() for s in raw.split(",")) if p)
+            elif option == "trust_forwarded_host":
+                values[option] = _parse_flag(option, raw)
             else:
                 values[option] = raw.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -299,7 +346,10 @@ _ENV_VARS = {
     "api_version": "META_API_VERSION",
     "outbox": "META_OUTBOX",
     "dry_run": "META_DRY_RUN",
+    "serverless": "META_SERVERLESS",
     "trusted_proxies": "META_TRUSTED_PROXIES",
+    "forwarded_headers": "META_FORWARDED_HEADERS",
+    "trust_forwarded_host": "META_TRUST_FORWARDED_HOST",
     "cookie_domain": "META_COOKIE_DOMAIN",
     "default_country": "META_DEFAULT_COUNTRY",
 }
@@ -398,6 +448,15 @@ def _parse_dry_run(raw: str) -> bool | str:
     if value == "debug":
         return "debug"
     raise _invalid("dry_run", f"expected true, false or debug, got {raw!r}")
+
+
+def _parse_flag(option: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _invalid(option, f"expected true or false, got {raw!r}")
 
 
 def coerce_sequence(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -6,10 +6,12 @@ and (where Meta has one) the error subcode Meta would have answered with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CAPIValidationError", "Problem"]
+__all__ = ["CAPIValidationError", "Problem", "unknown_key_field"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,27 @@ class CAPIValidationError(ValueError):
         self.problems: tuple[Problem, ...] = tuple(problems)
         lines = "; ".join(str(p) for p in self.problems) or "invalid event"
         super().__init__(lines)
+
+
+# A key shown in a Problem must look like a field name: a personal value used as a key
+# ({"jane.doe@example.com": ...}) has an @, digits runs or is long, and never gets here.
+_NAME_LIKE = re.compile(r"[A-Za-z][A-Za-z_ -]{0,31}")
+
+
+def unknown_key_field(
+    container: str, key: object, known: Iterable[str]
+) -> tuple[str, str, str | None]:
+    """How a Problem names a key we don't know: (field, what it is, hint), never its text.
+
+    A key is often a value put in the wrong place (``{"jane.doe@example.com": ...}``), so it is
+    described by its shape: ``("user_data[?]", "unknown key of 20 characters", None)``. Only a
+    near miss of one of our ``known`` names, spelled like a field name, is shown, with the name
+    it misses: ``("user_data.emial", "unknown key", "did you mean 'email'?")`` (issue 10).
+    """
+    if not isinstance(key, str):
+        return f"{container}[?]", f"unknown key of type {type(key).__name__}", None
+    if _NAME_LIKE.fullmatch(key):
+        near = difflib.get_close_matches(key.lower(), list(known), n=1)
+        if near:
+            return f"{container}.{key}", "unknown key", f"did you mean '{near[0]}'?"
+    return f"{container}[?]", f"unknown key of {len(key)} characters", None

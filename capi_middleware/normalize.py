@@ -30,7 +30,6 @@ surrounding whitespace allowed) is only lowercased, whatever its length limit.
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import functools
 import hashlib
 import logging
@@ -45,7 +44,7 @@ from typing import Any
 import phonenumbers
 import pycountry
 
-from capi_middleware.errors import Problem
+from capi_middleware.errors import Problem, unknown_key_field
 
 _logger = logging.getLogger("capi_middleware")
 
@@ -799,16 +798,9 @@ def _clear_value(key: str, value: object) -> str:
 
 
 def _unknown_key(key: object) -> Problem:
-    if not isinstance(key, str):
-        return Problem(
-            "user_data[?]", f"unknown key of type {_type_name(key)}; dropped", None, False
-        )
-    shown = key
-    if len(key) > 64 or not key.isprintable() or not key.isascii():
-        shown = key[:48].encode("ascii", "backslashreplace").decode("ascii") + "..."
-    hint = difflib.get_close_matches(key.lower()[:64], _KEY_TO_META, n=1)
-    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-    return Problem(f"user_data.{shown}", f"unknown key, dropped{suggestion}", fatal=False)
+    # Described by its shape, never its text, unless a near miss of our names (issue 10).
+    field, what, hint = unknown_key_field("user_data", key, _KEY_TO_META)
+    return Problem(field, f"{what}, dropped; {hint}" if hint else f"{what}, dropped", fatal=False)
 
 
 # Low-cardinality keys (a few hundred countries, states, cities, ZIPs seen over and over) keep

@@ -82,6 +82,7 @@ _ZDICT = (
     b"FBRV/0;FBCR/;FBMF/samsung;FBBD/samsung;FBPN/com.facebook.katana;FBDV/SM-;FBSV/14;FBOP/1;"
     b"FBCA/arm64-v8a:;] [FB_IAB/Orca-Android;FBAV/;] Instagram  Android (34/14; 420dpi; "
     b"1080x2340; samsung; SM-; en_US; Build/UP1A.231005.007; wv) "
+    b" Instagram 300.0.0.00.000 Android (33/13; 480dpi; 1080x2400; Google/google; Pixel; "
     b"Mobile/15E148 Version/17.0 Mobile/15E148 Safari/604.1"
     b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
     b"(KHTML, like Gecko) "
@@ -228,12 +229,13 @@ class Visitor:
         the two URLs go first, then the referrer; a token still too long raises ValueError.
         ``max_length=None`` keeps everything.
         """
-        signer = _signer(secret)
+        signed_at = int(time.time())
+        signer = _signer(secret, signed_at)
         candidate = self
         for trim in (None, _without_queries, _without_referrer):
             if trim is not None:
                 candidate = trim(candidate)
-            token = signer.sign(_pack(candidate)).decode("ascii")
+            token = signer.sign(_pack(candidate, signed_at)).decode("ascii")
             if max_length is None or len(token) <= max_length:
                 return token
         raise ValueError(
@@ -263,14 +265,14 @@ class Visitor:
         if not raw or len(raw) > _MAX_TOKEN_CHARS:
             raise ValueError("token: not a visitor token (empty or too long)")
         try:
-            payload = _signer(secret).unsign(raw, max_age=max_age)
+            payload, signed = _signer(secret).unsign(raw, max_age=max_age, return_timestamp=True)
         except SignatureExpired:
             raise ValueError(f"token: expired (older than max_age={max_age} seconds)") from None
         except BadSignature:
             raise ValueError(
                 "token: bad signature (tampered, truncated, or signed with another secret)"
             ) from None
-        return cls.from_dict(_unpack(payload))
+        return cls.from_dict(_unpack(payload, int(signed.timestamp())))
 
     @classmethod
     def capture(cls, source: Any, *, now: float | None = None) -> Visitor:
@@ -381,18 +383,33 @@ def _consent_name(decision: ConsentDecision) -> str:
 # -- the token's body ----------------------------------------------------------------------------
 
 
-def _signer(secret: str | bytes) -> TimestampSigner:
+class _Signer(TimestampSigner):
+    """itsdangerous' TimestampSigner whose timestamp is the one the token's body counts from."""
+
+    signed_at: int | None = None
+
+    def get_timestamp(self) -> int:
+        return super().get_timestamp() if self.signed_at is None else self.signed_at
+
+
+def _signer(secret: str | bytes, signed_at: int | None = None) -> _Signer:
     if not secret:
         raise ValueError("secret: must not be empty")
-    return TimestampSigner(secret, salt=_SALT, digest_method=_sha256)
+    signer = _Signer(secret, salt=_SALT, digest_method=_sha256)
+    signer.signed_at = signed_at
+    return signer
 
 
 def _sha256(data: bytes = b"") -> Any:
     return hashlib.sha256(data)
 
 
-def _pack(visitor: Visitor) -> bytes:
-    """JSON list (positional, no keys) -> zlib with the preset dictionary -> base64url."""
+def _pack(visitor: Visitor, signed_at: int) -> bytes:
+    """JSON list (positional, no keys) -> zlib with the preset dictionary -> base64url.
+
+    ``captured_at`` is kept as seconds before the signature's own timestamp (usually a few
+    digits instead of ten).
+    """
     row = [
         _VERSION,
         visitor.client_ip,
@@ -405,7 +422,7 @@ def _pack(visitor: Visitor) -> bytes:
         visitor.consent.reason,
         visitor.ldu_country,
         visitor.ldu_state,
-        visitor.captured_at,
+        signed_at - visitor.captured_at,
     ]
     text = json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
@@ -413,7 +430,7 @@ def _pack(visitor: Visitor) -> bytes:
     return base64.urlsafe_b64encode(packed).rstrip(b"=")
 
 
-def _unpack(payload: bytes) -> dict[str, Any]:
+def _unpack(payload: bytes, signed_at: int) -> dict[str, Any]:
     """`_pack` undone, bounded; the values are validated by `Visitor.from_dict` afterwards."""
     try:
         packed = base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))
@@ -436,8 +453,12 @@ def _unpack(payload: bytes) -> dict[str, Any]:
         "consent_reason": row[8],
         "ldu_country": row[9],
         "ldu_state": row[10],
-        "captured_at": row[11],
+        "captured_at": signed_at - row[11] if _is_int(row[11]) else row[11],
     }
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _strip_query(url: str | None) -> str | None:

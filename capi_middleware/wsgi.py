@@ -16,7 +16,11 @@ from urllib.parse import quote
 
 from capi_middleware.capture.context import RequestContext, activate, deactivate
 from capi_middleware.capture.headers import cap_header
-from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.capture.pipeline import (
+    CapturePipeline,
+    cookies_not_set_by_app,
+    is_shared_cacheable,
+)
 from capi_middleware.client import CAPIClient, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
@@ -172,7 +176,8 @@ def _cookies_for(ctx: RequestContext, headers: Iterable[tuple[str, str]]) -> lis
     if is_shared_cacheable(cache_control):
         # A CDN or proxy would hand this visitor's _fbp/_fbc to everyone else.
         return []
-    return cookies
+    app_cookies = [v for k, v in headers if k.lower() == "set-cookie"]
+    return cookies_not_set_by_app(cookies, app_cookies) if app_cookies else cookies
 
 
 def environ_headers(environ: Mapping[str, Any]) -> dict[str, str]:

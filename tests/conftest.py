@@ -1,18 +1,38 @@
-"""Shared fixtures for the whole suite."""
+"""Fixtures shared by the whole suite.
+
+One block per concern, each with its own heading; add a new concern as a new block.
+Helpers that are plain functions, not fixtures (a free port, waiting on a condition), are in
+``tests/live.py``.
+"""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from live import free_port, wait_until
+
+# -- the fake Graph API ----------------------------------------------------------------------
+# The package's own fixtures, imported the way a shop's conftest.py does (README, "Testing"):
+# ``fake_graph`` is a started FakeGraphAPI over real HTTP on 127.0.0.1, stopped after the test;
+# ``fake_graph_config`` a CAPIConfig pointed at it.
+from capi_middleware.testing import FakeGraphAPI, fake_graph, fake_graph_config
+
+__all__ = ["fake", "fake_graph", "fake_graph_config"]
 
 
+@pytest.fixture
+def fake(fake_graph: FakeGraphAPI) -> FakeGraphAPI:
+    """``fake_graph`` under the short name most tests use."""
+    return fake_graph
+
+
+# -- a private redis-server ------------------------------------------------------------------
 @dataclass
 class RedisServer:
     """A private ``redis-server`` (Debian's package) on 127.0.0.1 with AOF on.
@@ -40,14 +60,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.answers():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        proc = self.proc
+        if not wait_until(lambda: self.answers() or proc.poll() is not None, timeout=10):
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+        if not self.answers():
+            raise RuntimeError(f"redis-server exited on port {self.port}")
 
     def answers(self) -> bool:
         try:
@@ -63,16 +80,17 @@ class RedisServer:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, Redis keeps only what its append-only file holds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
     def client(self) -> object:
         import redis
 
         return redis.Redis.from_url(self.url)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +99,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     ``.ci/run`` installs it)."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(_free_port(), tmp_path_factory.mktemp("redis"))
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server

@@ -56,7 +56,7 @@ async def fetch(
 
 
 # peer, trusted_proxies, headers, client_ip, scheme/host of event_source_url
-IP_TABLE: list[tuple[str, tuple[str, ...], dict[str, str], str | None, str]] = [
+IP_TABLE: list[tuple[str, tuple[str, ...] | dict[str, Any], dict[str, str], str | None, str]] = [
     ("8.8.8.8", (), {}, "8.8.8.8", "https://shop.example.com/"),
     # Untrusted peer: forwarding headers are the client's own claim, ignored.
     ("8.8.8.8", (), {"x-forwarded-for": "1.1.1.1"}, "8.8.8.8", "https://shop.example.com/"),
@@ -98,17 +98,21 @@ IP_TABLE: list[tuple[str, tuple[str, ...], dict[str, str], str | None, str]] = [
         None,
         "https://shop.example.com/",
     ),
-    # RFC 7239 Forwarded with IPv6, proto and host from the trusted proxy.
+    # RFC 7239 Forwarded with IPv6, proto and host from the trusted proxy, when configured.
     (
         "10.0.0.1",
-        ("10.0.0.1",),
+        {
+            "trusted_proxies": ("10.0.0.1",),
+            "forwarded_headers": "forwarded",
+            "trust_forwarded_host": True,
+        },
         {"forwarded": 'for="[2001:4860::1]:443";proto=http;host=www.example.org'},
         "2001:4860::1",
         "http://www.example.org/",
     ),
     (
         "10.0.0.1",
-        ("10.0.0.0/8",),
+        {"trusted_proxies": ("10.0.0.0/8",), "trust_forwarded_host": True},
         {
             "x-forwarded-for": "9.9.9.9",
             "x-forwarded-proto": "http",
@@ -124,9 +128,14 @@ IP_TABLE: list[tuple[str, tuple[str, ...], dict[str, str], str | None, str]] = [
 
 @pytest.mark.parametrize(("peer", "trusted", "headers", "ip", "url"), IP_TABLE)
 async def test_client_ip_through_the_middleware(
-    peer: str, trusted: tuple[str, ...], headers: dict[str, str], ip: str | None, url: str
+    peer: str,
+    trusted: tuple[str, ...] | dict[str, Any],
+    headers: dict[str, str],
+    ip: str | None,
+    url: str,
 ) -> None:
-    response = await fetch(app(trusted_proxies=trusted), peer=peer, headers=headers)
+    options = trusted if isinstance(trusted, dict) else {"trusted_proxies": trusted}
+    response = await fetch(app(**options), peer=peer, headers=headers)
     body = response.json()
     assert body["client_ip"] == ip
     assert body["event_source_url"] == url
@@ -135,13 +144,14 @@ async def test_client_ip_through_the_middleware(
 
 async def test_trusted_proxy_scheme_decides_secure_cookie() -> None:
     response = await fetch(
-        app(trusted_proxies=("10.0.0.1",)),
+        app(trusted_proxies=("10.0.0.1",), trust_forwarded_host=True),
         "http://internal:8000/",
         peer="10.0.0.1",
         headers={
             "x-forwarded-for": "9.9.9.9",
             "x-forwarded-proto": "https",
             "x-forwarded-host": "example.com",
+            "accept": "text/html",
         },
     )
     [fbp] = response.headers.get_list("set-cookie")

@@ -48,7 +48,8 @@ async def get(app: Any, headers: dict[str, str]) -> httpx.Response:
     transport = httpx.ASGITransport(app=app, client=("8.8.8.8", 1))
     async with httpx.AsyncClient(transport=transport) as client:
         return await client.get(
-            "https://example.com/?fbclid=Click1", headers={"user-agent": "UA", **headers}
+            "https://example.com/?fbclid=Click1",
+            headers={"user-agent": "Mozilla/5.0 UA", **headers},
         )
 
 
@@ -144,7 +145,7 @@ async def test_policy_sees_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
 
     app, _ = make(policy)
     await get(app, {"cookie": "cookie_consent=maybe"})
-    assert seen == [("maybe", "UA")]
+    assert seen == [("maybe", "Mozilla/5.0 UA")]
 
 
 async def test_policy_runs_once_per_request() -> None:

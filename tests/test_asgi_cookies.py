@@ -135,7 +135,8 @@ async def get(
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     transport = httpx.ASGITransport(app=app, client=("8.8.8.8", 51000))
-    all_headers = dict(headers or {})
+    # A browser's page load (a request no browser made gets no minted cookie).
+    all_headers = {"user-agent": "Mozilla/5.0", **(headers or {})}
     if cookies is not None:
         all_headers["cookie"] = cookies
     async with httpx.AsyncClient(transport=transport) as client:

@@ -4,7 +4,6 @@ match key the request carried, and the ids and cookie values the page was given.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,12 +26,6 @@ EMAIL_HASH = "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f"
 PHONE = "+1 (616) 954-78 88"
 PHONE_HASH = sha256_hex("16169547888")
 UA = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as server:
-        yield server
 
 
 def options(fake: FakeGraphAPI, **extra: Any) -> dict[str, Any]:

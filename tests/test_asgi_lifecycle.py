@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,12 +24,6 @@ from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeG
 pytestmark = pytest.mark.anyio
 
 UA = {"user-agent": "Mozilla/5.0"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as server:
-        yield server
 
 
 def fake_options(fake: FakeGraphAPI, **extra: Any) -> dict[str, Any]:
@@ -163,7 +157,7 @@ async def test_exception_after_response_start_keeps_our_cookies() -> None:
         "path": "/",
         "raw_path": b"/",
         "query_string": b"",
-        "headers": [(b"host", b"example.com")],
+        "headers": [(b"host", b"example.com"), (b"accept", b"text/html")],
         "client": ("8.8.8.8", 1),
         "server": ("example.com", 443),
     }

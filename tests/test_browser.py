@@ -9,21 +9,20 @@ carrying that same ``_fbc``.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import uvicorn
+from live import free_port, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
-from capi_middleware.testing.fake import FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FakeGraphAPI
 
 pytestmark = pytest.mark.browser
 
@@ -53,45 +52,30 @@ async def purchase(request: Request) -> JSONResponse:
     return JSONResponse({"event_id": result.event_id, "status": result.status})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def shop(fake: FakeGraphAPI) -> Iterator[tuple[str, CAPIMiddleware]]:
     app = Starlette(routes=[Route("/", landing), Route("/purchase", purchase, methods=["POST"])])
     middleware = CAPIMiddleware(
         app,
         pixel_id="111",
-        access_token="browser-test-token",
+        access_token=FAKE_ACCESS_TOKEN,
         graph_url=fake.url,
         consent=True,
         flush_interval=0.05,
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(middleware, host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
+    assert wait_until(lambda: server.started, timeout=10)
     try:
         yield f"http://127.0.0.1:{port}", middleware
     finally:
         server.should_exit = True
         thread.join(10)
         middleware.close(5)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI(access_token="browser-test-token") as api:
-        yield api
 
 
 def test_fbc_cookie_readable_by_page_and_purchase_carries_it(

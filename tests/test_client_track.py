@@ -6,7 +6,6 @@ Real parts throughout: the client's own sender, over HTTP to the fake Graph API 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,12 +28,6 @@ from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeG
 EMAIL = "shopper@example.com"
 NOW_MS = int(time.time() * 1000)
 SHOPPER_UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as server:
-        yield server
 
 
 def options(fake: FakeGraphAPI, **extra: Any) -> dict[str, Any]:

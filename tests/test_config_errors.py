@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from apps import quickstart
 from flask import Flask
 from flask import request as flask_request
+from live import free_port, wait_until_serving
 
 from capi_middleware import CAPIMiddleware, CAPIWSGIMiddleware
 
@@ -35,12 +35,6 @@ MESSAGES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_env(meta: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("META_")}
     return {**env, **meta, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1"}
@@ -51,7 +45,7 @@ def _server_env(meta: dict[str, str]) -> dict[str, str]:
 def test_uvicorn_refuses_to_start_and_says_why_in_one_line(case: str) -> None:
     meta, message = MESSAGES[case]
     proc = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "apps.quickstart:app", "--port", str(_free_port())],
+        [sys.executable, "-m", "uvicorn", "apps.quickstart:app", "--port", str(free_port())],
         cwd=TESTS,
         env=_server_env(meta),
         capture_output=True,
@@ -69,7 +63,7 @@ def test_uvicorn_refuses_to_start_and_says_why_in_one_line(case: str) -> None:
 
 @pytest.mark.slow
 def test_uvicorn_without_lifespan_serves_every_page_untouched() -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -89,16 +83,8 @@ def test_uvicorn_without_lifespan_serves_every_page_untouched() -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                docs = httpx.get(f"{base}/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.communicate()[1]
-                asyncio.run(asyncio.sleep(0.05))
-        else:
-            raise AssertionError("uvicorn did not come up")
-        assert docs.status_code == 200
+        wait_until_serving(f"{base}/docs", proc, logs=lambda: proc.communicate()[1])
+        assert httpx.get(f"{base}/docs", timeout=1).status_code == 200
         assert httpx.get(f"{base}/nowhere").status_code == 404
         body = httpx.post(f"{base}/checkout").json()
         assert httpx.post(f"{base}/checkout").status_code == 200

@@ -14,10 +14,8 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live import free_port, wait_until_serving
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import get_sender
@@ -36,14 +35,14 @@ FBCLID = "IwAR_example-Click_9"
 TRACK_PREFIX = "fbq('track', \"Purchase\", "
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        monkeypatch.setenv("META_PIXEL_ID", FAKE_PIXEL_ID)
-        monkeypatch.setenv("META_ACCESS_TOKEN", FAKE_ACCESS_TOKEN)
-        monkeypatch.setenv("META_GRAPH_URL", api.url)
-        yield api
-        get_sender(CAPIConfig.from_env()).close(5)
+@pytest.fixture(autouse=True)
+def meta_env(fake: FakeGraphAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The examples read META_* as users run them: point those at the fake."""
+    monkeypatch.setenv("META_PIXEL_ID", FAKE_PIXEL_ID)
+    monkeypatch.setenv("META_ACCESS_TOKEN", FAKE_ACCESS_TOKEN)
+    monkeypatch.setenv("META_GRAPH_URL", fake.url)
+    yield
+    get_sender(CAPIConfig.from_env()).close(5)
 
 
 def load_example(name: str) -> ModuleType:
@@ -139,25 +138,6 @@ def test_without_consent_the_page_revokes_and_nothing_is_sent(fake: FakeGraphAPI
     assert fake.events == []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()[1]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server did not start listening")
-
-
 def test_django_example_with_its_one_command(fake: FakeGraphAPI) -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -175,7 +155,7 @@ def test_django_example_with_its_one_command(fake: FakeGraphAPI) -> None:
         text=True,
     )
     try:
-        wait_for_port(port, proc)
+        wait_until_serving(f"http://127.0.0.1:{port}/", proc, logs=lambda: proc.communicate()[1])
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", cookies={"cookie_consent": "granted"}, timeout=10
         ) as c:

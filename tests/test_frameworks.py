@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -55,12 +55,6 @@ FRAMEWORKS: dict[str, tuple[Callable[..., Any], str, str, str, str]] = {
     "django-wsgi": (django_wsgi, "wsgi", "/landing", "/buy", "GET"),
     "django-asgi": (django_asgi, "asgi", "/landing", "/async-buy", "GET"),
 }
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        yield api
 
 
 def visit_and_buy(app: Any, kind: str, landing: str, buy: str, method: str) -> tuple[Any, ...]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from live import free_port, wait_until_serving
 
 from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
@@ -68,31 +66,6 @@ SERVERS = {
 }
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        yield api
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_serving(base: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early:\n{proc.communicate()[1]}")
-        try:
-            httpx.get(f"{base}/landing", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("server did not come up")
-
-
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_sigterm_flushes_the_queued_purchase(server: str, fake: FakeGraphAPI) -> None:
     port = free_port()
@@ -115,9 +88,9 @@ def test_sigterm_flushes_the_queued_purchase(server: str, fake: FakeGraphAPI) ->
         text=True,
     )
     try:
-        wait_until_serving(base, proc)
+        wait_until_serving(f"{base}/landing", proc, logs=lambda: proc.communicate()[1])
         fake.down = True  # Meta unreachable: the Purchase has to wait in the queue
-        with httpx.Client(base_url=base, headers={"user-agent": "ServerMatrix/1.0"}) as c:
+        with httpx.Client(base_url=base, headers={"user-agent": "Mozilla/5.0 ServerMatrix/1.0"}) as c:
             landing = c.get(f"/landing?fbclid={FBCLID}").json()
             bought = c.post("/buy").json()
             fbc = c.cookies.get("_fbc")

@@ -13,24 +13,16 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from apps import quickstart
 
 from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI, find_client
 
 TESTS = Path(__file__).resolve().parent
 PIXEL_CALL = '{"value": 79.99, "currency": "USD"}'
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        yield api
 
 
 def _post(app: Any, path: str, cookies: dict[str, str] | None = None) -> dict[str, Any]:

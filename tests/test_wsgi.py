@@ -179,6 +179,7 @@ def test_a_second_start_response_with_exc_info_keeps_the_cookies() -> None:
         "SERVER_PORT": "443",
         "wsgi.url_scheme": "https",
         "REMOTE_ADDR": "8.8.8.8",
+        "HTTP_ACCEPT": "text/html",
     }
     assert list(wrapped(environ, start_response)) == [b"oops"]
     assert len(seen) == 2
@@ -338,12 +339,6 @@ def test_env_vars_fill_unset_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- delivery ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        yield api
 
 
 def test_a_purchase_reaches_meta_with_the_visitors_match_keys(fake: FakeGraphAPI) -> None:

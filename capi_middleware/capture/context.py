@@ -80,7 +80,8 @@ class RequestContext:
     """What one request carries for Meta, and the way to send events from it.
 
     Attributes (read them, don't set them):
-        client_ip: the visitor's public IP (trusted proxies honoured), or None.
+        client_ip: the visitor's public IP (trusted proxies honoured; with consent, the IPv6
+            of Meta's ``_fbi`` cookie over a request's IPv4), or None.
         user_agent: the User-Agent header (control characters removed, capped), or None.
         fbp: a valid ``_fbp`` cookie, or the one minted for this response (with consent).
         fbc: a valid ``_fbc`` cookie, or the one minted from ``fbclid`` (with consent).
@@ -185,6 +186,16 @@ class RequestContext:
             if getattr(self, name) is not None
         ]
         return f"RequestContext(present={present}, consent={self.consent!r})"
+
+    def consider_fbi(self, value: str | None) -> None:
+        """Take Meta's ``_fbi`` cookie into `client_ip` (capture calls it only with consent).
+
+        Its public IPv6 wins over the request's IPv4, and its public address fills in when the
+        request has none; it never replaces an address of the request's own family
+        (`client_ip_rules.client_ip_with_fbi`; docs/match-quality.md).
+        """
+        if value is not None:
+            self._client_ip = client_ip_rules.client_ip_with_fbi(self.client_ip, value)
 
     # -- what is worked out on first read ------------------------------------------------
 

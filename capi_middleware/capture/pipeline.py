@@ -10,9 +10,10 @@ Also here: what the adapters share (`log_internal_error`, `is_shared_cacheable`)
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,7 +38,7 @@ from capi_middleware.rules.page_url import (
     page_host,
 )
 
-__all__ = ["CapturePipeline", "is_shared_cacheable"]
+__all__ = ["CapturePipeline", "cookies_not_set_by_app", "is_shared_cacheable"]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -56,8 +57,6 @@ _COOKIE_MEMO_MAX_CHARS = 2048
 # 25 cookies parse in 8.8 µs and are found in 5.1).
 _SEARCH_COOKIES_FROM_CHARS = 400
 
-_FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
-
 
 class _Outcome(NamedTuple):
     """A request's capture outcome, reused for requests with the same key (see `capture_raw`)."""
@@ -68,9 +67,7 @@ class _Outcome(NamedTuple):
     host: str | None  # the page host (granted only; else worked out on first read)
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
-    resend: tuple[str, ...]  # Set-Cookie values that re-send kept cookies on a navigation
-    mint_fbp: str | None  # Set-Cookie attributes when an _fbp must be minted, else None
-    subdomain_index: int
+    kept: cookie_rules.KeptCookies | None  # granted: what `_apply_plan` plans from, per request
 
 
 class _CookieFacts(NamedTuple):
@@ -97,10 +94,20 @@ class CapturePipeline:
     def __init__(self, client: CAPIClient) -> None:
         self.client = client
         config = self.config = client.config
-        self._trust = client_ip_rules.ProxyTrust(config.trusted_networks())
+        # One forwarded-header family, the host only on opt-in and inside the cookie domain
+        # (issue 10; rules/client_ip.py).
+        self._trust = client_ip_rules.ProxyTrust(
+            config.trusted_networks(),
+            headers=config.forwarded_headers,
+            trust_host=config.trust_forwarded_host,
+            site=config.cookie_domain,
+        )
         self._has_trust = bool(config.trusted_proxies)
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
+        # Paths no browser requests (webhooks): no cookie is set there, and no memo is used.
+        self._no_cookie_paths = config.no_cookie_paths
+        self._no_cookie_raw_paths = tuple(p.encode("ascii") for p in config.no_cookie_paths)
         self._kept_memo: dict[tuple[str, bool, str | None, str | None], cookie_rules.KeptCookies]
         self._kept_memo = {}
         consent_option = config.consent
@@ -120,7 +127,9 @@ class CapturePipeline:
         names = reads.cookies if reads is not None else ()
         self._consent_cookies = names
         self._wanted_cookies = (*names, cookie_rules.FBC_COOKIE, cookie_rules.FBP_COOKIE)
-        self._no_cookies = _CookieFacts(None, (None,) * len(names), None, None)
+        self._no_cookies = _CookieFacts(
+            cookies=None, consent=(None,) * len(names), fbc=None, fbp=None
+        )
         self._cookie_memo: dict[str, _CookieFacts] = {}
         # Whole capture outcomes, for the ASGI path (see capture_raw); only when everything
         # they depend on is in the key: a built-in policy and no trusted proxies.
@@ -162,6 +171,13 @@ class CapturePipeline:
             headers: lowercase names -> latin-1 values, repeats joined, values capped
                 (`cap_header`). ASGI uses `capture_raw`, which decodes only what it reads.
         """
+        if not _forwarding_checked and (
+            "x-forwarded-for" in headers
+            or "forwarded" in headers
+            or "x-forwarded-proto" in headers
+            or "x-forwarded-host" in headers
+        ):
+            check_forwarding_trust(peer, headers, self._trust)
         return self._capture(None, headers, peer, scheme, server, raw_path, query_string)
 
     def capture_raw(
@@ -185,11 +201,19 @@ class CapturePipeline:
         # kept cookies and what to mint depend only on the raw Cookie and Host headers, the
         # scheme and the headers the consent policy declares. Inline: this runs on every ASGI
         # request; the raw Cookie and Referer read here are handed on.
+        if not _forwarding_checked and (
+            b"x-forwarded-for" in header_map
+            or b"forwarded" in header_map
+            or b"x-forwarded-proto" in header_map
+            or b"x-forwarded-host" in header_map
+        ):
+            check_forwarding_trust(peer, header_map, self._trust)
         key = None
         if (
             self._outcome_memo_on
             and isinstance(query_string, bytes)
             and b"fbclid" not in query_string
+            and not (self._no_cookie_paths and self._no_cookies_for(raw_path))
         ):
             get = header_map.get
             cookie = get(b"cookie")
@@ -242,19 +266,16 @@ class CapturePipeline:
         ctx.consent = outcome.consent
         ctx.fbc = outcome.fbc
         ctx.fbp = outcome.fbp
-        if outcome.resend and _is_navigation(ctx):
-            ctx.response_cookies.extend(outcome.resend)
-        if outcome.mint_fbp is not None:
+        if raw and b"_fbi" in raw and outcome.consent.granted:
+            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if outcome.kept is not None:
             try:
-                fbp = cookie_rules.mint_fbp(
-                    subdomain_index=outcome.subdomain_index, now_ms=int(time.time() * 1000)
-                )
+                # Only a browser gets a new _fbp (see _capture).
+                browser = raw_cookie is not None or _raw_browser_made(header_map)
+                self._apply_plan(ctx, outcome.kept, None, mint=browser)
             except Exception as exc:
                 self.count("capture_errors")
                 log_internal_error("cookie planning", exc)
-            else:
-                ctx.fbp = fbp
-                ctx.response_cookies.add(f"{cookie_rules.FBP_COOKIE}={fbp}{outcome.mint_fbp}")
         return ctx
 
     def _capture(
@@ -283,7 +304,7 @@ class CapturePipeline:
         client_ip: Any = LAZY
         if self._has_trust:
             forwarded = {}
-            for name in _FORWARDED_HEADERS:
+            for name in self._trust.header_names:
                 value = header(name)
                 if value is not None:
                     forwarded[name] = value
@@ -342,12 +363,25 @@ class CapturePipeline:
 
         # Consent comes before any cookie is set or any event queued.
         decision = ctx.consent = self._decide(ctx, facts.consent)
-        if decision.granted:
+        if decision.granted and cookie_header and "_fbi" in cookie_header:
+            # Meta's Parameter Builder's IP
+            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if decision.granted and not (self._no_cookie_paths and self._no_cookies_for(raw_path)):
             page = ctx.page_host()
             if page is not None:
                 try:
+                    # Only a browser gets a new _fbp/_fbc: a webhook, a health check or curl
+                    # would otherwise be handed (and tracked with) a browser id of its own.
+                    browser = cookie_header is not None or _browser_made(raw_map, header)
                     kept = self._plan(
-                        ctx, page, secure, facts.fbc, facts.fbp, fbclid, outcome_key is None
+                        ctx,
+                        page,
+                        secure,
+                        facts.fbc,
+                        facts.fbp,
+                        fbclid if browser else None,
+                        outcome_key is None,
+                        mint=browser,
                     )
                 except Exception as exc:
                     # Keep the request and the context; only the cookies are lost.
@@ -374,11 +408,23 @@ class CapturePipeline:
             # Nothing here depends on the host: it stays worked out on first read.
             self._store_outcome(
                 outcome_key,
-                # Positional (scheme, consent, cookies, host, fbc, fbp, resend, mint_fbp,
-                # subdomain_index): a NamedTuple built from keywords costs twice as much.
-                _Outcome(scheme, decision, facts.cookies, None, ctx.fbc, ctx.fbp, (), None, 0),
+                _Outcome(
+                    scheme=scheme,
+                    consent=decision,
+                    cookies=facts.cookies,
+                    host=None,
+                    fbc=ctx.fbc,
+                    fbp=ctx.fbp,
+                    kept=None,
+                ),
             )
         return ctx
+
+    def _no_cookies_for(self, raw_path: str | bytes) -> bool:
+        """True when ``raw_path`` starts with one of the ``no_cookie_paths``."""
+        if isinstance(raw_path, bytes):
+            return raw_path.startswith(self._no_cookie_raw_paths)
+        return raw_path.startswith(self._no_cookie_paths)
 
     def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
         # The consent headers in the key (after cookie, host, scheme) are any size a client
@@ -398,31 +444,19 @@ class CapturePipeline:
         facts: _CookieFacts,
         kept: cookie_rules.KeptCookies,
     ) -> None:
-        """Keep a granted request's outcome: what it kept, re-sends and must mint."""
+        """Keep a granted request's outcome: the visitor's validated cookies to plan from."""
         if page_host(raw_map.get(b"host"), scheme) != host:
             return  # the host came from the server address, which is not in the key
         if not _judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
             return
-        fbc_header, fbp_header = kept.fbc_header, kept.fbp_header
-        if fbc_header is not None:
-            resend: tuple[str, ...] = (
-                (fbc_header,) if fbp_header is None else (fbc_header, fbp_header)
-            )
-        else:
-            resend = () if fbp_header is None else (fbp_header,)
-        mint = kept.fbp is None and self._set_fbp
-        # Positional, in _Outcome's field order: a NamedTuple built from keywords costs twice as
-        # much, and this runs on a visitor's first request.
         outcome = _Outcome(
-            scheme,
-            decision,
-            facts.cookies,
-            host,
-            kept.fbc,
-            kept.fbp,
-            resend,
-            kept.attributes if mint else None,
-            kept.subdomain_index,
+            scheme=scheme,
+            consent=decision,
+            cookies=facts.cookies,
+            host=host,
+            fbc=kept.fbc,
+            fbp=kept.fbp,
+            kept=kept,
         )
         self._store_outcome(key, outcome)
 
@@ -449,10 +483,10 @@ class CapturePipeline:
                 if found is None:
                     found = cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
                 facts = _CookieFacts(
-                    cookies,
-                    tuple(map(found.get, self._consent_cookies)),
-                    found.get(cookie_rules.FBC_COOKIE),
-                    found.get(cookie_rules.FBP_COOKIE),
+                    cookies=cookies,
+                    consent=tuple(map(found.get, self._consent_cookies)),
+                    fbc=found.get(cookie_rules.FBC_COOKIE),
+                    fbp=found.get(cookie_rules.FBP_COOKIE),
                 )
             else:
                 facts = self._no_cookies
@@ -498,6 +532,8 @@ class CapturePipeline:
         raw_fbp: str | None,
         fbclid: str | None,
         remember: bool = True,
+        *,
+        mint: bool = True,
     ) -> cookie_rules.KeptCookies:
         """Set ctx.fbc / ctx.fbp and the Set-Cookie values for this response (with consent).
 
@@ -529,17 +565,106 @@ class CapturePipeline:
                 and _judged_for_good(raw_fbc, raw_fbp, kept.fbc, kept.fbp)
             ):
                 _memoize(self._kept_memo, key, kept)
+        self._apply_plan(ctx, kept, fbclid, mint=mint)
+        return kept
+
+    def _apply_plan(
+        self,
+        ctx: RequestContext,
+        kept: cookie_rules.KeptCookies,
+        fbclid: str | None,
+        *,
+        mint: bool = True,
+    ) -> None:
+        """Meta §4's cookie plan for this request (`cookies.plan_from_kept`), onto ``ctx``.
+
+        Kept cookies are re-sent only on a document navigation (`is_navigation`); minting
+        depends on the clock, so it runs on every request, memoized or not.
+        """
         plan = cookie_rules.plan_from_kept(
             kept,
             fbclid=fbclid,
-            set_fbp=self._set_fbp,
+            set_fbp=self._set_fbp and mint,
             now_ms=int(time.time() * 1000),
             resend=lambda: _is_navigation(ctx),
         )
         ctx.response_cookies.extend(plan.set_cookie)
         ctx.fbc = plan.fbc
         ctx.fbp = plan.fbp
-        return kept
+
+
+# -- forwarding headers from a peer that is not trusted ----------------------------------------
+
+# True once the question is settled for this process: warned, or the server itself resolves
+# forwarding headers (uvicorn's --proxy-headers). Read on every request before any work.
+_forwarding_checked = False
+
+_FORWARDING_LABELS = {
+    "x-forwarded-for": "X-Forwarded-For",
+    "forwarded": "Forwarded",
+    "x-forwarded-proto": "X-Forwarded-Proto",
+    "x-forwarded-host": "X-Forwarded-Host",
+}
+
+
+def check_forwarding_trust(
+    peer: str | None, headers: Mapping[Any, Any], trust: client_ip_rules.ProxyTrust
+) -> None:
+    """Warn once per process when forwarding headers arrive from a peer that is not trusted.
+
+    Behind a proxy that is not in ``trusted_proxies`` the headers are ignored, as they must be
+    (uvicorn's proxy_headers model), so no visitor IP reaches Meta (a private proxy) or the
+    proxy's own IP does (a public CDN), and the page URL has the proxy's scheme and host. The
+    warning names the header, the peer (a public address only to its /24 or /48: it may be a
+    visitor's) and the option. Not said when the peer is an entry of X-Forwarded-For: the
+    server already put the client there from the header it trusts (uvicorn
+    ``--forwarded-allow-ips``). Never raises.
+    """
+    global _forwarding_checked
+    try:
+        if peer is None or trust.is_trusted(peer):
+            return
+        raw = isinstance(next(iter(headers), ""), bytes)  # ASGI's byte names, or WSGI's text
+
+        def header(name: str) -> str | None:
+            value = headers.get(name.encode("latin-1") if raw else name)
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+
+        present = [label for name, label in _FORWARDING_LABELS.items() if header(name) is not None]
+        xff = header("x-forwarded-for")
+        _forwarding_checked = True
+        if xff is not None and peer in (part.strip() for part in xff.split(",")):
+            return  # the server resolved it (its own trusted proxy)
+        shown = _peer_for_log(peer)
+        setting = "is not set" if not trust.networks else f"does not include {shown}"
+        logger.warning(
+            "capi_middleware: a request from %s carries %s, but trusted_proxies "
+            "[META_TRUSTED_PROXIES] %s, so the header is ignored: the IP sent to Meta is the "
+            "peer's, and the page URL's scheme and host are what the peer asked for. If %s is "
+            "your proxy or CDN, add its addresses to trusted_proxies (docs/proxies.md). "
+            "(Said once per process.)",
+            shown,
+            " and ".join(present),
+            setting,
+            shown,
+        )
+    except Exception as exc:  # a diagnostic must never cost the request
+        _forwarding_checked = True
+        log_internal_error("checking forwarding headers", exc)
+
+
+def _peer_for_log(peer: str) -> str:
+    """A peer address fit for a log line: a private one in full (a proxy, never a visitor on
+    the Internet), a public one only to its /24 (IPv4) or /48 (IPv6) network, which is also
+    the form a CDN's range takes in trusted_proxies."""
+    try:
+        ip = ipaddress.ip_address(peer.strip("[]"))
+    except ValueError:
+        return "a peer with an unreadable address"
+    if ip.is_private or ip.is_loopback or ip.is_link_local:
+        return str(ip)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -590,6 +715,41 @@ def _header_reader(
     return header
 
 
+def _browser_made(
+    raw_map: Mapping[bytes, bytes] | None, header: Callable[[str], str | None]
+) -> bool:
+    """True when a request without a Cookie header still looks like a browser's own.
+
+    Browsers send Fetch Metadata (``Sec-Fetch-*``: Chrome 76+, Firefox 90+, Safari 16.4+), ask
+    for text/html when loading a page, and every one of them has sent a User-Agent beginning
+    ``Mozilla/`` for 25 years. A payment provider's webhook (``Stripe/1.0``, ``Adyen HttpClient``,
+    ``PayPal/...``), a load balancer's health check, curl or an HTTP library does none of these.
+    `CAPIConfig.no_cookie_paths` covers a server that dresses up as a browser.
+    """
+    if raw_map is not None:
+        return _raw_browser_made(raw_map)
+    if header("sec-fetch-mode") is not None or header("sec-fetch-dest") is not None:
+        return True
+    user_agent = header("user-agent")
+    if user_agent is not None and user_agent.startswith("Mozilla/"):
+        return True
+    accept = header("accept")
+    return (accept is not None and "text/html" in accept.lower()) or (
+        header("sec-fetch-site") is not None
+    )
+
+
+def _raw_browser_made(raw_map: Mapping[bytes, bytes]) -> bool:
+    """`_browser_made` over raw ASGI headers."""
+    if b"sec-fetch-mode" in raw_map or b"sec-fetch-dest" in raw_map or b"sec-fetch-site" in raw_map:
+        return True
+    user_agent = raw_map.get(b"user-agent")
+    if type(user_agent) is bytes and user_agent.startswith(b"Mozilla/"):
+        return True
+    accept = raw_map.get(b"accept")
+    return type(accept) is bytes and b"text/html" in accept.lower()
+
+
 def _is_navigation(ctx: RequestContext) -> bool:
     """`is_navigation`, reading the raw ASGI header map directly when there is one."""
     raw_map = ctx.raw_headers
@@ -621,3 +781,13 @@ def is_shared_cacheable(cache_control: str | None) -> bool:
     if "private" in directives or "no-store" in directives:
         return False
     return "public" in directives or "s-maxage" in directives
+
+
+def cookies_not_set_by_app(ours: list[str], app_set_cookies: Iterable[str]) -> list[str]:
+    """Our Set-Cookie values, less those for a cookie the app's own response already sets.
+
+    Adapters append ours after the app's; two Set-Cookie headers for one name (say with
+    different Domain attributes) leave the browser with two cookies (issue 10).
+    """
+    taken = {value.split("=", 1)[0].strip() for value in app_set_cookies}
+    return [cookie for cookie in ours if cookie.split("=", 1)[0] not in taken]

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from capi_middleware.cli.terminal import printable, redact
 from capi_middleware.config import CAPIConfig
 
 __all__ = ["main"]
@@ -45,11 +46,18 @@ def _config_from_args(args: argparse.Namespace, **extra: Any) -> CAPIConfig:
     )
 
 
+def _version() -> str:
+    from capi_middleware import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capi-middleware",
         description="Meta Conversions API middleware: demo, checks, test events and outbox tools.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -78,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--event-name", default="PageView", help="event name (default PageView)")
     send.add_argument("--url", default="https://example.com/", help="event_source_url")
     send.add_argument("--email", help="an email to hash and send as em")
+    send.add_argument(
+        "--value", type=float, help="custom_data.value, e.g. 79.99 (a Purchase needs --currency)"
+    )
+    send.add_argument("--currency", help="custom_data.currency, ISO 4217, e.g. USD")
 
     check = sub.add_parser(
         "check",
@@ -93,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--build", action="store_true", help="treat the input as track() input and build it"
     )
     check.add_argument(
-        "--config-only", action="store_true", help="check only the META_* configuration"
+        "--config-only",
+        action="store_true",
+        help="check only the META_* configuration (fails when no pixel is configured)",
     )
 
     try:
@@ -136,13 +150,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- check ------------------------------------------------------------------------------------
 
 
+class _BadInput(Exception):
+    """An input file that cannot be read as JSON; its message is one line for the user."""
+
+
 def _read_json(path: str) -> Any:
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    return json.loads(text)
+    """The JSON in ``path`` (``-``: stdin); `_BadInput` with one clear line for a bad file."""
+    where = "stdin" if path == "-" else printable(path)
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _BadInput(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise _BadInput(f"{where}: not UTF-8 text") from None
+    except RecursionError:
+        raise _BadInput(f"{where}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise _BadInput(f"{where}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
@@ -155,14 +184,22 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         print(f"config: {exc}", file=out)
         return 1
-    print(f"config: ok ({len(config.destinations())} pixel(s))", file=out)
+    pixels = len(config.destinations())
+    if pixels == 0 and args.config_only:
+        print(
+            "config: no pixel configured: set META_PIXEL_ID and META_ACCESS_TOKEN"
+            + (" (META_DRY_RUN is set: events would only be logged)" if config.dry_run else ""),
+            file=out,
+        )
+        return 1
+    print(f"config: ok ({pixels} pixel(s))", file=out)
     if config.test_event_code:
         print("config: warning: META_TEST_EVENT_CODE is set; remove it in production", file=out)
     if args.config_only:
         return 0
     try:
         data = _read_json(args.file)
-    except (OSError, json.JSONDecodeError) as exc:
+    except _BadInput as exc:
         print(f"input: cannot read JSON: {exc}", file=out)
         return 2
     events = data if isinstance(data, list) else [data]
@@ -194,7 +231,7 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
         fatal = [p for p in problems if p.fatal]
         for problem in problems:
             kind = "error" if problem.fatal else "dropped"
-            print(f"{label}: {kind}: {problem}", file=out)
+            print(f"{label}: {kind}: {printable(problem)}", file=out)
         if not fatal:
             print(f"{label}: ok", file=out)
         problems_found += len(fatal)
@@ -226,17 +263,25 @@ def _send_test_event(args: argparse.Namespace, out: TextIO) -> int:
         user_data["email"] = args.email
     else:
         user_data["external_id"] = "capi-middleware-test"
+    custom_data: dict[str, Any] = {}
+    if args.value is not None:
+        custom_data["value"] = args.value
+    if args.currency:
+        custom_data["currency"] = args.currency
     result = build_event(
         args.event_name,
         user_data=user_data,
+        custom_data=custom_data,
         event_source_url=args.url,
         now=time.time(),
         hash_external_id=config.hash_external_id,
     )
     if result.event is None:
         for problem in result.problems:
-            print(f"event: {problem}", file=out)
+            print(f"event: {printable(problem)}", file=out)
         return 1
+    # Every secret this run holds, and the proofs derived from them: an answer may echo any.
+    secrets: list[str | None] = [config.enhancement_secret]
     status = 0
     with httpx.Client(timeout=max(config.timeout, 10.0)) as client:
         for dest in config.destinations():
@@ -247,6 +292,9 @@ def _send_test_event(args: argparse.Namespace, out: TextIO) -> int:
                 test_event_code=dest.test_event_code,
                 partner_agent=config.partner_agent,
             )
+            for held in config.destinations():
+                secrets += [held.access_token, held.app_secret]
+            secrets.append(body.get("appsecret_proof"))
             try:
                 response = client.post(
                     config.events_url(dest.pixel_id),
@@ -258,18 +306,11 @@ def _send_test_event(args: argparse.Namespace, out: TextIO) -> int:
                 status = 1
                 continue
             print(f"pixel {dest.pixel_id}: HTTP {response.status_code}", file=out)
-            print(_redact(response.text, dest.access_token), file=out)
+            print(printable(redact(response.text, secrets)), file=out)
             if response.status_code != 200:
                 status = 1
     print(f"event_id: {result.event.event_id}", file=out)
     return status
-
-
-def _redact(text: str, *secrets: str | None) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

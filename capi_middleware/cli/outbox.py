@@ -1,10 +1,16 @@
 """``capi-middleware outbox status|dead|replay|purge PATH``: inspect a SQLite outbox, act on it.
 
-Only ids, names, counts and Meta's error fields are printed, never an event's payload: the
-payloads carry hashed user data, IP addresses and user agents.
+A ``redis://`` or ``rediss://`` URL instead of a path is the fleet's Redis outbox
+(`capi_middleware.cli.outbox_redis`).
 
-Exit codes: 0 done, 1 the file is missing or not an outbox (or SQLite failed), 2 usage errors
-(including ``purge`` without ``--yes``).
+Only ids, names, counts and Meta's error fields are printed, never an event's payload: the
+payloads carry hashed user data, IP addresses and user agents. Stored text is printed with its
+control characters escaped (`terminal.printable`): a stored message cannot drive the terminal.
+A row whose values are not the types the outbox writes is shown as it is, never a traceback.
+
+Exit codes: 0 done, 1 SQLite failed on a good file (locked, busy), 2 usage errors (including
+``purge`` without ``--yes``) and a bad file: missing, not an outbox, unreadable or damaged, each
+answered with one line.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -20,6 +27,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from capi_middleware.cli.terminal import printable
+from capi_middleware.config import is_redis_url
 from capi_middleware.delivery.outbox_schema import OutboxFileError, open_outbox_file
 
 __all__ = ["add_outbox_parser", "main", "run_outbox"]
@@ -54,7 +63,8 @@ def add_outbox_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser = subparsers.add_parser(
         "outbox",
         help="inspect and act on a durable outbox (status, dead, replay, purge)",
-        description="Inspect a SQLite outbox (outbox=...) and replay or purge its dead letters.",
+        description="Inspect an outbox (outbox=...: a SQLite file or a redis:// URL) and replay "
+        "or purge its dead letters.",
     )
     _configure(parser)
 
@@ -63,12 +73,14 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_outbox)
     actions = parser.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
 
-    status = actions.add_parser("status", help="pending, leased and dead counts, oldest event")
-    status.add_argument("path", help="the outbox file")
+    status = actions.add_parser(
+        "status", help="pending, leased and dead counts, oldest event (per consumer for Redis)"
+    )
+    status.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     status.add_argument("--json", action="store_true", help="print JSON")
 
     dead = actions.add_parser("dead", help="list dead letters, newest first")
-    dead.add_argument("path", help="the outbox file")
+    dead.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     dead.add_argument("--json", action="store_true", help="print JSON lines")
     dead.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     _add_filters(dead)
@@ -76,11 +88,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     replay = actions.add_parser(
         "replay", help="move dead letters back to pending (all, or those matching the filters)"
     )
-    replay.add_argument("path", help="the outbox file")
+    replay.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     _add_filters(replay)
 
     purge = actions.add_parser("purge", help="delete dead letters (all, or those matching)")
-    purge.add_argument("path", help="the outbox file")
+    purge.add_argument("path", help="the outbox file, or redis://host:port/db[?prefix=...]")
     _add_filters(purge)
     purge.add_argument("--yes", action="store_true", help="really delete")
 
@@ -112,11 +124,20 @@ def run_outbox(args: argparse.Namespace) -> int:
     if action not in ("status", "dead", "replay", "purge"):
         print("capi-middleware outbox: choose status, dead, replay or purge", file=sys.stderr)
         return 2
+    if is_redis_url(args.path):
+        from capi_middleware.cli.outbox_redis import run_redis_outbox
+
+        return run_redis_outbox(args)
     try:
         conn = open_outbox_file(args.path)
     except OutboxFileError as exc:
-        print(f"capi-middleware outbox: {exc}", file=sys.stderr)
-        return 1
+        print(f"capi-middleware outbox: {printable(exc)}", file=sys.stderr)
+        return 2
+    except (sqlite3.Error, OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        _bad_file(args.path, exc)
+        return 2
+    # Stored text that is not UTF-8 is shown with its bad bytes escaped, not refused.
+    conn.text_factory = lambda raw: raw.decode("utf-8", "backslashreplace")
     try:
         if action == "status":
             return _status(conn, args)
@@ -125,11 +146,25 @@ def run_outbox(args: argparse.Namespace) -> int:
         if action == "replay":
             return _replay(conn, args)
         return _purge(conn, args)
-    except sqlite3.Error as exc:
-        print(f"capi-middleware outbox: {args.path}: SQLite error: {exc}", file=sys.stderr)
+    except sqlite3.OperationalError as exc:  # locked, busy, read-only: the file is fine
+        print(
+            f"capi-middleware outbox: {printable(args.path)}: SQLite error: {printable(exc)}",
+            file=sys.stderr,
+        )
         return 1
+    except sqlite3.Error as exc:  # "database disk image is malformed" and the like
+        _bad_file(args.path, exc)
+        return 2
     finally:
         conn.close()
+
+
+def _bad_file(path: object, exc: BaseException) -> None:
+    print(
+        f"capi-middleware outbox: {printable(path)}: cannot read this outbox "
+        f"({type(exc).__name__}: {printable(exc)}); is it damaged or not an outbox?",
+        file=sys.stderr,
+    )
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -143,6 +178,8 @@ def _status(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
         " FROM events GROUP BY 1, 2, 3",
         (now,),
     ):
+        # Keys as printable text: a pixel id stored as a number, NULL or odd bytes still sorts.
+        pixel = printable(pixel)
         counts = per_pixel.setdefault(pixel, {"pending": 0, "leased": 0, "retrying": 0, "dead": 0})
         if leased:
             counts["leased"] += n
@@ -151,9 +188,14 @@ def _status(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
             if retrying:
                 counts["retrying"] += n
     for pixel, n in conn.execute("SELECT pixel_id, COUNT(*) FROM dead_letters GROUP BY 1"):
+        pixel = printable(pixel)
         counts = per_pixel.setdefault(pixel, {"pending": 0, "leased": 0, "retrying": 0, "dead": 0})
         counts["dead"] = n
-    oldest = conn.execute("SELECT MIN(created_at) FROM events").fetchone()[0]
+    oldest = _number(
+        conn.execute(
+            "SELECT MIN(created_at) FROM events WHERE typeof(created_at) IN ('integer', 'real')"
+        ).fetchone()[0]
+    )
     report: dict[str, Any] = {
         "path": str(args.path),
         "file_bytes": _file_bytes(str(args.path)),
@@ -168,7 +210,7 @@ def _status(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     age = report["oldest_event_age_seconds"]
-    print(f"outbox:   {report['path']} ({_human_bytes(report['file_bytes'])})")
+    print(f"outbox:   {printable(report['path'])} ({_human_bytes(report['file_bytes'])})")
     print(f"pending:  {report['pending']} (waiting for a retry: {report['retrying']})")
     print(f"leased:   {report['leased']} (being sent by a worker)")
     print(f"dead:     {report['dead']}")
@@ -186,22 +228,23 @@ def _dead(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
     rows = conn.execute(_LIST_MATCHING, (*params, args.limit)).fetchall()
     letters = [
         {
-            "id": r[0],
-            "event_id": r[1],
-            "event_name": r[2],
-            "pixel_id": r[3],
-            "reason": r[4],
-            "code": r[5],
-            "subcode": r[6],
-            "message": r[7],
-            "fbtrace_id": r[8],
-            "attempts": r[9],
+            "id": _json_value(r[0]),
+            "event_id": _json_value(r[1]),
+            "event_name": _json_value(r[2]),
+            "pixel_id": _json_value(r[3]),
+            "reason": _json_value(r[4]),
+            "code": _json_value(r[5]),
+            "subcode": _json_value(r[6]),
+            "message": _json_value(r[7]),
+            "fbtrace_id": _json_value(r[8]),
+            "attempts": _json_value(r[9]),
             "time": _iso(r[10]),
         }
         for r in rows
     ]
     if args.json:
         for letter in letters:
+            # ensure_ascii (the default) escapes every control character too.
             print(json.dumps(letter))
         return 0
     if not letters:
@@ -209,12 +252,13 @@ def _dead(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
         return 0
     for d in letters:
         code = "-" if d["code"] is None else f"{d['code']}/{d['subcode'] or '-'}"
-        message = str(d["message"])
+        message = printable(d["message"])
         if len(message) > 80:
             message = message[:77] + "..."
         print(
-            f"{d['time']}  {d['event_id']}  {d['event_name'] or '?'}  pixel {d['pixel_id']}  "
-            f"{d['reason']}  code {code}  {message}"
+            f"{d['time']}  {printable(d['event_id'])}  {printable(d['event_name'] or '?')}  "
+            f"pixel {printable(d['pixel_id'])}  {printable(d['reason'])}  "
+            f"code {printable(code)}  {message}"
         )
     print(f"({len(letters)} of {total} shown)")
     return 0
@@ -288,10 +332,31 @@ def _human_age(seconds: float) -> str:
     return f"{minutes}m old"
 
 
-def _iso(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+def _iso(timestamp: object) -> str:
+    """A stored Unix time as ISO 8601 UTC; ``-`` for NULL, the escaped text for anything else."""
+    number = _number(timestamp)
+    if number is None:
+        return "-" if timestamp is None else printable(timestamp)
+    try:
+        return datetime.fromtimestamp(number, tz=timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return printable(timestamp)
+
+
+def _number(value: object) -> float | None:
+    """A stored number, or None for NULL and anything that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _json_value(value: object) -> object:
+    """A stored value as JSON can carry it: a BLOB or odd value becomes (escaped) text."""
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else printable(value)
+    return printable(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list = args_list[1:]
     parser = argparse.ArgumentParser(
         prog="capi-middleware outbox",
-        description="Inspect a SQLite outbox and replay or purge its dead letters.",
+        description="Inspect an outbox (a SQLite file or a redis:// URL) and replay or purge "
+        "its dead letters.",
     )
     _configure(parser)
     try:

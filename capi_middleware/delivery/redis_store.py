@@ -64,7 +64,7 @@ _GROUP_MAX = 5000  # add at once when this many events wait, without waiting for
 _SCRIPT_CHUNK = 1000  # ids per script call (Lua's unpack has a limit of about 8,000)
 
 
-def connect(outbox: Any, *, socket_timeout: float = 2.0) -> Any:
+def connect(outbox: Any, *, socket_timeout: float = 1.0) -> Any:
     """A ``redis.Redis`` client for ``outbox`` (a URL), or ``outbox`` itself (a client).
 
     Raises ImportError naming the extra when redis-py is not installed.
@@ -77,12 +77,17 @@ def connect(outbox: Any, *, socket_timeout: float = 2.0) -> Any:
         raise ImportError(
             "outbox: a redis:// outbox needs redis-py: pip install 'capi-middleware[redis]'"
         ) from None
-    # Short timeouts: the writer retries on its own, with backoff; a slow Redis must show as
-    # an error soon, not hold events in flight for minutes.
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # Short timeouts and one immediate retry (a pooled connection Redis closed on restart): the
+    # writer retries on its own, with backoff, so a slow or stopped Redis shows as an error
+    # within a socket timeout instead of redis-py's own retries holding a durable put.
     return redis.Redis.from_url(
         _without_prefix(outbox)[0],
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 1),
     )
 
 
@@ -198,11 +203,11 @@ class RedisStore:
         commit_interval: float = 0.005,
         max_pending: int = 10_000,
         max_held: int = 10_000,
-        wait_timeout: float = 5.0,
+        wait_timeout: float = 2.0,
         reconnect_max: float = 2.0,
         refresh_interval: float = 1.0,
         max_dead_letters: int = 100_000,
-        socket_timeout: float = 2.0,
+        socket_timeout: float = 1.0,
     ) -> None:
         for name, value in (
             ("memory_fallback", memory_fallback),
@@ -257,6 +262,9 @@ class RedisStore:
         self._closed = False
         self._init_process_state()
         _LIVE_STORES.add(self)
+        # One reading now, so a sender created at start-up sees what an earlier run left in the
+        # stream and starts sending it without waiting for traffic.
+        self._refresh()
 
     # -- process-local state (rebuilt after fork) -------------------------------------------
 

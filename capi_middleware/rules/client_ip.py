@@ -5,9 +5,14 @@ unless the peer is a trusted proxy. Then the forwarding headers are believed, wa
 (each proxy appends the address it received the request from), and the first hop that is not a
 trusted proxy is the client. Everything left of it is the client's own claim and may be forged.
 
-RFC 7239 ``Forwarded`` is preferred over ``X-Forwarded-For`` when a trusted peer sends it. Meta
-must never receive a private, loopback, link-local or reserved address (META_CAPI_REFERENCE.md §3),
-so the answer passes through `sendable_ip`. Nothing here raises on what a visitor sends.
+One header family is believed, chosen by configuration (issue 10): ``X-Forwarded-For`` and
+``X-Forwarded-Proto`` by default, as uvicorn, gunicorn and most proxies set them, or RFC 7239
+``Forwarded`` when the user says their proxy writes it. The other family is ignored whole: a
+client can send either, and a proxy that writes one passes the other through untouched. The host
+(``X-Forwarded-Host`` / ``Forwarded: host=``) is believed only when the user opts in, and then
+only inside the allowed site (the cookie domain, when one is set). Meta must never receive a
+private, loopback, link-local or reserved address (META_CAPI_REFERENCE.md §3), so the answer
+passes through `sendable_ip`. Nothing here raises on what a visitor sends.
 
 Meta's Parameter Builder script keeps the visitor's public address (IPv6 preferred) in a one-day
 ``_fbi`` cookie (§4). `fbi_address` reads it; `client_ip_with_fbi` decides when it is believed:
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "FBI_COOKIE",
+    "FORWARDED_HEADER_FAMILIES",
     "ForwardedInfo",
     "ProxyTrust",
     "client_ip_with_fbi",
@@ -33,6 +39,13 @@ __all__ = [
     "resolve_client",
     "sendable_ip",
 ]
+
+# The header families a trusted proxy's answer may come in (CAPIConfig.forwarded_headers), and
+# the request headers each reads: the address, the scheme, the host (the host only on opt-in).
+FORWARDED_HEADER_FAMILIES: dict[str, tuple[str, ...]] = {
+    "x-forwarded": ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"),
+    "forwarded": ("forwarded",),
+}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -198,24 +211,52 @@ def client_ip_with_fbi(request_ip: str | None, fbi: str | None) -> str | None:
 
 
 class ProxyTrust:
-    """The proxies whose forwarding headers are believed.
+    """The proxies whose forwarding headers are believed, and which headers those are.
 
     Parameters:
         networks: addresses and CIDR networks, from `CAPIConfig.trusted_networks()`. An empty
             sequence trusts nobody: the peer is always the client.
+        headers: the one header family believed from a trusted proxy (a key of
+            `FORWARDED_HEADER_FAMILIES`): ``"x-forwarded"`` (default) or ``"forwarded"``.
+        trust_host: believe the forwarded host (``X-Forwarded-Host`` / ``Forwarded: host=``);
+            off by default, since many proxies pass a client's own value through.
+        site: with ``trust_host``, the domain a forwarded host must be or be inside (the
+            cookie domain); None accepts any well-formed host.
 
     Membership answers are cached (bounded), since the same few proxies ask on every request.
     """
 
-    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+    def __init__(
+        self,
+        networks: Sequence[IPNetwork],
+        *,
+        headers: str = "x-forwarded",
+        trust_host: bool = False,
+        site: str | None = None,
+    ) -> None:
+        if headers not in FORWARDED_HEADER_FAMILIES:
+            raise ValueError(
+                f"forwarded_headers: must be one of {', '.join(FORWARDED_HEADER_FAMILIES)}"
+            )
         self.networks: tuple[IPNetwork, ...] = tuple(networks)
+        self.headers = headers
+        self.trust_host = trust_host
+        self.site = site.lower().strip(".") if site else None
+        # The request headers capture needs to hand over (the host's only when believed).
+        names = FORWARDED_HEADER_FAMILIES[headers]
+        self.header_names: tuple[str, ...] = (
+            names if trust_host or headers == "forwarded" else names[:2]
+        )
         # Single addresses go in a set (one lookup); networks are scanned.
         self._hosts = frozenset(n.network_address for n in self.networks if n.num_addresses == 1)
         self._ranges = tuple(n for n in self.networks if n.num_addresses > 1)
         self._cached: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(self._compute)
 
     def __repr__(self) -> str:
-        return f"ProxyTrust({[str(n) for n in self.networks]!r})"
+        return (
+            f"ProxyTrust({[str(n) for n in self.networks]!r}, headers={self.headers!r}, "
+            f"trust_host={self.trust_host!r}, site={self.site!r})"
+        )
 
     def _compute(self, value: str) -> bool:
         ip = _parse_ip(value)
@@ -371,10 +412,10 @@ def resolve_client(
 
     ``peer`` is the connecting address (ASGI ``scope["client"][0]``, WSGI ``REMOTE_ADDR``);
     ``headers`` maps lowercase names to values (repeated headers joined with ``", "``).
-    Only when the peer is trusted are ``Forwarded`` (preferred, when it names a ``for``) or
-    ``X-Forwarded-For`` walked, and ``proto``/``X-Forwarded-Proto`` and ``host``/
-    ``X-Forwarded-Host`` read, each taking the entry of the chosen hop or else the last.
-    Never raises: junk gives None fields.
+    Only when the peer is trusted is the configured family read (``trust.headers``): its
+    address list walked right to left, its scheme and (with ``trust.trust_host``, inside
+    ``trust.site``) its host taken from the chosen hop's entry, else the last. Never raises:
+    junk gives None fields.
     """
     try:
         return _resolve(peer, headers, trust)
@@ -385,16 +426,20 @@ def resolve_client(
 def _resolve(peer: str | None, headers: Mapping[str, str], trust: ProxyTrust) -> ForwardedInfo:
     if peer is None or not trust.is_trusted(peer):
         return ForwardedInfo(sendable_ip(peer) if peer else None, None, None)
+    if trust.headers == "forwarded":
+        client, scheme_value, host_value = _from_forwarded(peer, headers.get("forwarded"), trust)
+    else:
+        client, scheme_value, host_value = _from_x_forwarded(peer, headers, trust)
+    host = _host(host_value) if trust.trust_host else None
+    if host is not None and not _inside(host, trust.site):
+        host = None  # a host outside the site: the request's own Host header stands
+    return ForwardedInfo(client, _scheme(scheme_value), host)
 
-    forwarded = headers.get("forwarded")
-    elements: list[dict[str, str]] = []
-    forwarded_oversized = False
-    if forwarded:
-        if len(forwarded) > MAX_FORWARDED_HEADER:
-            forwarded_oversized = True
-        else:
-            elements = _parse_forwarded(forwarded)
 
+def _from_x_forwarded(
+    peer: str, headers: Mapping[str, str], trust: ProxyTrust
+) -> tuple[str | None, str | None, str | None]:
+    """(client, proto, host) from X-Forwarded-For / -Proto / -Host; Forwarded is ignored."""
     xff = headers.get("x-forwarded-for")
     xff_truncated = False
     if xff and len(xff) > MAX_FORWARDED_HEADER:
@@ -403,30 +448,45 @@ def _resolve(peer: str | None, headers: Mapping[str, str], trust: ProxyTrust) ->
         xff = xff[-MAX_FORWARDED_HEADER:].partition(",")[2]
         xff_truncated = True
     xff_entries = _list_entries(xff)
-    xfp_entries = _list_entries(headers.get("x-forwarded-proto"))
-    xfh_entries = _list_entries(headers.get("x-forwarded-host"))
-
-    client: str | None
-    if forwarded_oversized:
-        client = None
-        scheme_value = _pick(xfp_entries, None, 0)
-        host_value = _pick(xfh_entries, None, 0)
-    elif any("for" in e for e in elements):
-        index, node = _choose_hop([_forwarded_node(e) for e in elements], trust)
+    chosen: int | None = None
+    if xff_entries:
+        chosen, node = _choose_hop(xff_entries, trust)
+        if xff_truncated and chosen == 0 and trust.is_trusted(xff_entries[0]):
+            node = None  # all trusted, but the real leftmost entry was cut off
         client = sendable_ip(node) if node is not None else None
-        scheme_value = _from_elements(elements, index, "proto") or _pick(xfp_entries, None, 0)
-        host_value = _from_elements(elements, index, "host") or _pick(xfh_entries, None, 0)
     else:
-        if xff_entries:
-            index, node = _choose_hop(xff_entries, trust)
-            if xff_truncated and index == 0 and trust.is_trusted(xff_entries[0]):
-                node = None  # all trusted, but the real leftmost entry was cut off
-            client = sendable_ip(node) if node is not None else None
-            hops: int = len(xff_entries)
-            chosen: int | None = index
-        else:
-            client, hops, chosen = sendable_ip(peer), 0, None
-        scheme_value = _pick(xfp_entries, chosen, hops) or _from_elements(elements, None, "proto")
-        host_value = _pick(xfh_entries, chosen, hops) or _from_elements(elements, None, "host")
+        client = sendable_ip(peer)
+    hops = len(xff_entries)
+    scheme = _pick(_list_entries(headers.get("x-forwarded-proto")), chosen, hops)
+    host = _pick(_list_entries(headers.get("x-forwarded-host")), chosen, hops)
+    return client, scheme, host
 
-    return ForwardedInfo(client, _scheme(scheme_value), _host(host_value))
+
+def _from_forwarded(
+    peer: str, forwarded: str | None, trust: ProxyTrust
+) -> tuple[str | None, str | None, str | None]:
+    """(client, proto, host) from RFC 7239 Forwarded; the X-Forwarded-* headers are ignored."""
+    if forwarded and len(forwarded) > MAX_FORWARDED_HEADER:
+        return None, None, None  # hostile or broken: nothing in it is believed
+    elements = _parse_forwarded(forwarded) if forwarded else []
+    if not any("for" in e for e in elements):
+        # No hop named: the peer is the client, as without the header.
+        return (
+            sendable_ip(peer),
+            _from_elements(elements, None, "proto"),
+            _from_elements(elements, None, "host"),
+        )
+    index, node = _choose_hop([_forwarded_node(e) for e in elements], trust)
+    client = sendable_ip(node) if node is not None else None
+    return client, _from_elements(elements, index, "proto"), _from_elements(elements, index, "host")
+
+
+def _inside(host: str, site: str | None) -> bool:
+    """True when ``host[:port]`` is ``site`` or a name inside it (any host when site is None)."""
+    if site is None:
+        return True
+    if host.startswith("["):
+        return False  # an IP literal is no name inside a site
+    name = host.rsplit(":", 1)[0] if ":" in host else host
+    name = name.rstrip(".")
+    return name == site or name.endswith("." + site)

@@ -3,7 +3,8 @@
 When a visitor gives their email or phone in one request (a sign-up, a checkout), Meta can match
 that browser's later events too if they carry the same hashed keys. This module keeps those
 *hashed* values (SHA-256 hex, never the raw value) in a first-party cookie, signed with
-itsdangerous so a client cannot forge or alter it, and with a timestamp so it expires.
+itsdangerous so a client cannot forge or alter it, bound to the site (`site_binding`: a cookie
+signed for another site that shares the secret is refused), and with a timestamp so it expires.
 
 Off by default: it is enabled by ``CAPIConfig.enhancement_secret`` and, like every cookie this
 package sets, only with the visitor's consent. The cookie is HttpOnly (no script needs it),
@@ -28,6 +29,7 @@ __all__ = [
     "ENHANCEMENT_MAX_AGE",
     "REMEMBERED_KEYS",
     "EnhancementCookie",
+    "site_binding",
 ]
 
 logger = logging.getLogger("capi_middleware")
@@ -58,6 +60,8 @@ class EnhancementCookie:
         max_age: seconds a cookie stays valid, both as its ``Max-Age`` and as the signature's
             age limit.
         cookie_name: the cookie's name.
+        site: what binds a cookie to one site (`site_binding`): a cookie signed for another
+            site is refused even when the two share the secret (issue 10).
     """
 
     __slots__ = ("_serializer", "cookie_name", "max_age")
@@ -68,10 +72,12 @@ class EnhancementCookie:
         *,
         max_age: int = ENHANCEMENT_MAX_AGE,
         cookie_name: str = ENHANCEMENT_COOKIE,
+        site: str = "",
     ) -> None:
         if not secret:
             raise ValueError("enhancement_secret: must not be empty")
-        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
+        # The site goes into the key derivation (itsdangerous' salt), not into the cookie.
+        self._serializer = URLSafeTimedSerializer(secret, salt=f"{_SALT}|{site}")
         self.max_age = max_age
         self.cookie_name = cookie_name
 
@@ -108,6 +114,15 @@ class EnhancementCookie:
         if secure:
             parts.append("Secure")
         return "; ".join(parts)
+
+
+def site_binding(pixel_id: str | None, cookie_domain: str | None) -> str:
+    """What binds the enhancement cookie to one site: the pixel id and the cookie domain.
+
+    Two sites that share an ``enhancement_secret`` differ in at least one of them unless they
+    are one site for Meta too (one pixel, one cookie domain).
+    """
+    return f"pixel={pixel_id or ''}|domain={cookie_domain or ''}"
 
 
 def remembered_from_user_data(user_data: Mapping[str, Any]) -> Remembered:

@@ -15,14 +15,12 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from capi_middleware.errors import Problem
 from capi_middleware.normalize import normalize_user_data
 from capi_middleware.rules.custom_data import map_custom_data
-from capi_middleware.rules.frozen import new_frozen
 from capi_middleware.rules.request_body import (
     MAX_EVENTS_PER_REQUEST,
     appsecret_proof,
@@ -55,6 +53,7 @@ __all__ = [
     "is_too_old",
     "map_custom_data",
     "map_event_name",
+    "near_standard_name",
     "new_event_id",
     "validate_event",
 ]
@@ -148,6 +147,46 @@ def map_event_name(name: str) -> str:
     return GA4_EVENT_NAMES.get(name, name)
 
 
+def near_standard_name(name: str) -> str | None:
+    """The standard event name ``name`` probably meant, or None.
+
+    A name that is not standard but one edit away from a standard one, case aside (one letter
+    added, dropped, changed, or two neighbours swapped: ``Purchse``, ``AddToCard``,
+    ``purchase`` after GA4 mapping has had its chance, ``ViewConent``), is most likely a typo:
+    Meta would take it as a custom event and the standard one would never be counted.
+    """
+    if not isinstance(name, str) or name in STANDARD_EVENTS:
+        return None
+    low = name.lower()
+    for standard in _STANDARD_SORTED:
+        if _one_edit_apart(low, standard.lower()):
+            return standard
+    return None
+
+
+_STANDARD_SORTED = tuple(sorted(STANDARD_EVENTS))
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` are equal or one insertion, deletion, substitution or swap of
+    neighbours apart (the restricted Damerau-Levenshtein distance is at most 1)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]  # one letter inserted in b
+    if a[i + 1 :] == b[i + 1 :]:
+        return True  # one letter changed
+    # Two neighbours swapped.
+    return i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+
+
 def _is_number(value: object) -> bool:
     # bool is an int to Python, never an amount to Meta.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -156,9 +195,8 @@ def _is_number(value: object) -> bool:
 # -- the model ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Event:
-    """One built, validated server event.
+class Event(NamedTuple):
+    """One built, validated server event (an immutable value).
 
     Parameters:
         event_name: Meta's name (standard or custom).
@@ -217,8 +255,7 @@ class Event:
         return out
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(NamedTuple):
     """What `build_event` made of its input.
 
     Parameters:
@@ -346,24 +383,20 @@ def build_event(
 
     if any(p.fatal for p in problems):
         return BuildResult(event=None, problems=tuple(problems))
-    # Event(**these) without its frozen __init__, which costs ~2,000 instructions a field
-    # (capi_middleware/frozen.py); event_time was validated as an int above.
-    event = new_frozen(
-        Event,
-        {
-            "event_name": name,
-            "event_time": seconds,
-            "event_id": event_id,
-            "action_source": source,
-            "user_data": hashed,
-            "custom_data": mapped_custom,
-            "event_source_url": event_source_url,
-            "referrer_url": referrer_url,
-            "opt_out": opt_out,
-            "data_processing_options": ("LDU",) if ldu else None,
-            "data_processing_options_country": ldu_country if ldu else None,
-            "data_processing_options_state": ldu_state if ldu else None,
-        },
+    # event_time was validated as an int above.
+    event = Event(
+        event_name=name,
+        event_time=seconds,  # type: ignore[arg-type]
+        event_id=event_id,
+        action_source=source,
+        user_data=hashed,
+        custom_data=mapped_custom,
+        event_source_url=event_source_url,
+        referrer_url=referrer_url,
+        opt_out=opt_out,
+        data_processing_options=("LDU",) if ldu else None,
+        data_processing_options_country=ldu_country if ldu else None,
+        data_processing_options_state=ldu_state if ldu else None,
     )
     try:
         encoded = encode_json(event.to_dict())
@@ -374,6 +407,4 @@ def build_event(
     if too_big is not None:
         problems.append(too_big)
         return BuildResult(event=None, problems=tuple(problems))
-    return new_frozen(
-        BuildResult, {"event": event, "problems": tuple(problems), "payload": encoded}
-    )
+    return BuildResult(event=event, problems=tuple(problems), payload=encoded)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from capi_middleware.errors import Problem
+from capi_middleware.errors import Problem, unknown_key_field
 from capi_middleware.normalize import CLEAR_KEYS, HASHED_KEYS, is_sha256_hex
 from capi_middleware.rules.request_body import encode_json
 
@@ -185,6 +185,13 @@ def _check_event_time(
         )
 
 
+# A newcomer's first event built outside a request meets this: say which field decides it.
+_WEBSITE_EVENTS = (
+    "website events (action_source defaults to 'website'; an event that did not happen on a web "
+    "page sets action_source, e.g. 'system_generated', 'email', 'app' or 'physical_store')"
+)
+
+
 def _check_top_level(event: Mapping[str, Any], action_source: str, problems: list[Problem]) -> None:
     event_id = event.get("event_id")
     if event_id is None:
@@ -197,7 +204,7 @@ def _check_top_level(event: Mapping[str, Any], action_source: str, problems: lis
     url = event.get("event_source_url")
     if url is None:
         if action_source == "website":
-            problems.append(Problem("event_source_url", "is required for website events"))
+            problems.append(Problem("event_source_url", f"is required for {_WEBSITE_EVENTS}"))
     elif not isinstance(url, str) or not url.startswith(("http://", "https://")):
         problems.append(Problem("event_source_url", "must be the page's full http(s) URL"))
     referrer = event.get("referrer_url")
@@ -255,9 +262,10 @@ def _check_user_data(event: Mapping[str, Any], action_source: str, problems: lis
             if not (isinstance(value, str) or is_int(value)):
                 problems.append(Problem(path, "must be a string"))
         else:
-            problems.append(
-                Problem(path, "is not a user_data key Meta knows; it is ignored", fatal=False)
-            )
+            # Named by its shape unless a near miss: a key may be a personal value (issue 10).
+            field, what, hint = unknown_key_field("user_data", key, sorted(_HASHED | _CLEAR))
+            said = f"{what}, Meta ignores it" + (f"; {hint}" if hint else "")
+            problems.append(Problem(field, said, fatal=False))
             continue
         if _present(value):
             keys.add(key)
@@ -276,7 +284,9 @@ def _check_match_keys(keys: set[str], action_source: str, problems: list[Problem
             )
         )
     if action_source == "website" and "client_user_agent" not in keys:
-        problems.append(Problem("user_data.client_user_agent", "is required for website events"))
+        problems.append(
+            Problem("user_data.client_user_agent", f"is required for {_WEBSITE_EVENTS}")
+        )
 
 
 def _check_contents(contents: object, problems: list[Problem]) -> None:

@@ -647,7 +647,7 @@ class FakeGraphAPI:
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.01},  # how long stop() may wait for the loop to see it
             name="capi-fake-graph",
             daemon=True,
         )

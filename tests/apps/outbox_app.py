@@ -1,7 +1,8 @@
 """Apps for the outbox crash tests (tests/test_outbox_processes.py), run by real servers.
 
 ``uvicorn apps.outbox_app:asgi`` or ``gunicorn apps.outbox_app:wsgi``. As in production,
-pixel_id, access_token, graph_url and the outbox path come from the ``META_*`` environment.
+pixel_id, access_token, graph_url and the outbox (a SQLite path, or a ``redis://`` URL for the
+fleet tests in tests/delivery/test_redis_fleet.py) come from the ``META_*`` environment.
 The knobs a crash test needs come from ``CAPI_TEST_*`` variables (all optional):
 
 - ``CAPI_TEST_SHUTDOWN_TIMEOUT``, ``CAPI_TEST_MAX_QUEUE``: the `CAPIConfig` options.
@@ -14,7 +15,8 @@ The knobs a crash test needs come from ``CAPI_TEST_*`` variables (all optional):
   disk (the sender has no option for it).
 
 Routes: ``GET /health`` (tracks nothing), ``POST /buy?n=N`` (a Purchase tracked with
-``durable=True``; answers its event_id and status), ``GET /stats`` (the middleware's stats).
+``durable=True``; answers its event_id and status), ``GET /stats`` (the middleware's stats, and
+``idle_looks``: see `WatchedStore`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from capi_middleware import CAPIMiddleware, CAPIWSGIMiddleware, RequestContext
-from capi_middleware.config import CAPIConfig
+from capi_middleware.config import CAPIConfig, is_redis_outbox
 from capi_middleware.delivery.sender import get_sender
 from capi_middleware.delivery.sqlite_store import SQLiteStore
+from capi_middleware.delivery.store import StoredEvent
 
 
 def _env_float(name: str) -> float | None:
@@ -60,6 +63,21 @@ def _options() -> dict[str, Any]:
     return options
 
 
+class WatchedStore(SQLiteStore):
+    """The outbox, counting the sender's looks into it that found nothing due.
+
+    ``GET /stats`` answers ``idle_looks``: the empty claims since the last one that leased
+    events. After a delivery, one or more means the sender has finished that round and is idle.
+    """
+
+    idle_looks = 0
+
+    def claim(self, limit: int, *, lease_seconds: float, now: float) -> list[StoredEvent]:
+        claimed = super().claim(limit, lease_seconds=lease_seconds, now=now)
+        WatchedStore.idle_looks = 0 if claimed else WatchedStore.idle_looks + 1
+        return claimed
+
+
 def _tune_sender(config: CAPIConfig) -> None:
     """Create this process's sender now, with the test's tunables, if any were given.
 
@@ -72,10 +90,13 @@ def _tune_sender(config: CAPIConfig) -> None:
     if lease is None and backoff_cap is None and max_bytes is None:
         return
     store = None
-    if max_bytes is not None and config.outbox:
-        store = SQLiteStore(
-            config.outbox, max_bytes=max_bytes, max_events=config.max_queue, reopen_interval=0.5
-        )
+    if isinstance(config.outbox, str) and config.outbox and not is_redis_outbox(config.outbox):
+        if max_bytes is not None:
+            store = WatchedStore(
+                config.outbox, max_bytes=max_bytes, max_events=config.max_queue, reopen_interval=0.5
+            )
+        else:  # as the sender opens it
+            store = WatchedStore(config.outbox, max_events=config.max_queue)
     sender = get_sender(config, store=store)
     if lease is not None:
         sender.lease_seconds = lease
@@ -123,7 +144,7 @@ def _buy_endpoint(request: Request) -> JSONResponse:
 
 
 def _stats(request: Request) -> JSONResponse:
-    return JSONResponse(_plain(asgi.stats()))
+    return JSONResponse({**_plain(asgi.stats()), "idle_looks": WatchedStore.idle_looks})
 
 
 asgi = CAPIMiddleware(
@@ -150,7 +171,7 @@ def _wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterabl
         query = dict(p.partition("=")[::2] for p in environ.get("QUERY_STRING", "").split("&"))
         doc: Any = _buy(environ["capi"], query.get("n", "0"))
     elif path == "/stats":
-        doc = _plain(wsgi.stats())
+        doc = {**_plain(wsgi.stats()), "idle_looks": WatchedStore.idle_looks}
     elif path == "/health":
         doc = {"pid": os.getpid()}
     else:

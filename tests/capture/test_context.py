@@ -44,6 +44,7 @@ def capture(
     query: str = "",
     **headers: str,
 ) -> RequestContext:
+    headers.setdefault("user_agent", "Mozilla/5.0")  # a browser's (others get no minted cookie)
     return pipe.capture(
         peer=peer,
         scheme=scheme,
@@ -177,7 +178,7 @@ def test_client_ip_without_trusted_proxies(peer: str | None, expected: str | Non
 
 
 def test_trusted_proxy_supplies_ip_scheme_and_host() -> None:
-    pipe = pipeline(trusted_proxies=("10.0.0.0/8",))
+    pipe = pipeline(trusted_proxies=("10.0.0.0/8",), trust_forwarded_host=True)
     ctx = capture(
         pipe,
         peer="10.0.0.2",
@@ -190,6 +191,17 @@ def test_trusted_proxy_supplies_ip_scheme_and_host() -> None:
     assert ctx.client_ip == "9.9.9.9"
     assert ctx.secure is True
     assert ctx.event_source_url == "https://shop.example.com/"
+    # Without the opt-in the host is the request's own (issue 10).
+    ctx = capture(
+        pipeline(trusted_proxies=("10.0.0.0/8",)),
+        peer="10.0.0.2",
+        scheme="http",
+        host="internal:8000",
+        x_forwarded_for="9.9.9.9, 10.0.0.7",
+        x_forwarded_proto="https",
+        x_forwarded_host="shop.example.com",
+    )
+    assert ctx.event_source_url == "https://internal:8000/"
 
 
 def test_fbp_and_fbc_cookies_validated() -> None:
@@ -356,7 +368,7 @@ def test_internal_error_in_track_is_reported_not_raised(
 def test_explicit_user_data_wins_and_none_removes() -> None:
     # dry_run does not expose the payload; the delivery tests check the sent event. Here:
     # user_data overriding request values must not make the event invalid.
-    ctx = capture(pipeline(), host="example.com", user_agent="UA")
+    ctx = capture(pipeline(), host="example.com", user_agent="Mozilla/5.0 UA")
     result = ctx.track(
         "Lead", user_data={"client_user_agent": "Other/1.0", "client_ip_address": None}
     )

@@ -151,9 +151,10 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err
 
 
-def test_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A bad file is exit code 2, with one line (issue 10).
     missing = tmp_path / "nope.sqlite3"
-    assert main(["status", str(missing)]) == 1
+    assert main(["status", str(missing)]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not missing.exists()  # the CLI never creates an outbox
 
@@ -165,7 +166,7 @@ def test_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         (None, "not a capi outbox"),  # a SQLite database of another application
     ],
 )
-def test_not_an_outbox_exits_1(
+def test_not_an_outbox_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
 ) -> None:
     path = tmp_path / "other.db"
@@ -175,7 +176,7 @@ def test_not_an_outbox_exits_1(
         conn.close()
     else:
         path.write_bytes(content)
-    assert main(["dead", str(path)]) == 1
+    assert main(["dead", str(path)]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -196,5 +197,5 @@ def test_python_dash_m(outbox: Path) -> None:
         cwd=ROOT,
         timeout=60,
     )
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert "no such file" in missing.stderr

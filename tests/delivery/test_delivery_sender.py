@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from live import wait_until
 
 from capi_middleware.config import CAPIConfig, Destination
 from capi_middleware.delivery.memory_store import MemoryStore
@@ -25,7 +26,6 @@ from capi_middleware.delivery.sender import Sender, get_sender
 from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.delivery.store import NewEvent
 from capi_middleware.testing.fake import FAKE_PIXEL_ID, FakeGraphAPI
-from capi_middleware.testing.fake import fake_graph as fake_graph
 
 EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
 APP_SECRET = "app-secret-never-logged"
@@ -60,15 +60,6 @@ def assert_balanced(stats: DeliveryStats) -> DeliveryStats:
     ), stats
     assert stats.balanced
     return stats
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def assert_exactly_once(fake: FakeGraphAPI, ids: list[str], pixel_id: str | None = None) -> None:

@@ -18,7 +18,8 @@ import anyio
 import httpx
 import pytest
 import redis
-from conftest import RedisServer, _free_port
+from conftest import RedisServer
+from live import free_port, wait_until
 
 from capi_middleware import CAPIMiddleware
 from capi_middleware.config import CAPIConfig
@@ -27,18 +28,8 @@ from capi_middleware.delivery.sender import Sender
 from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.delivery.store import DeadLetter, NewEvent, SharedStore, StoredEvent
 from capi_middleware.testing import FAKE_PIXEL_ID, FakeGraphAPI
-from capi_middleware.testing import fake_graph as fake_graph
 
 WAIT = 10.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def claim_until(store: RedisStore, count: int, *, lease: float = 60) -> list[StoredEvent]:
@@ -188,13 +179,14 @@ def test_put_claim_ack_retry_dead_letter_and_the_books(
 ) -> None:
     store = RedisStore(outbox)
     stores.append(store)
-    assert store.put([new_event(i) for i in range(30)], wait=True) == 30
+    events = [new_event(i) for i in range(30)]
+    assert store.put(events, wait=True) == 30
     assert store.durable
     assert store.books().backlog == 30
     assert store.books().enqueued == 30
     claimed = store.claim(20, lease_seconds=60, now=time.time())
     assert [e.event_id for e in claimed] == [f"ev-{i}" for i in range(20)]  # oldest first
-    assert claimed[0].payload == new_event(0).payload  # byte for byte
+    assert claimed[0].payload == events[0].payload  # byte for byte
     store.ack([e.id for e in claimed[:10]])
     store.retry([e.id for e in claimed[10:15]], not_before=time.time() + 0.3)
     store.dead_letter(
@@ -305,7 +297,7 @@ def test_put_is_bounded_by_max_events(outbox: str, stores: list[RedisStore]) -> 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(_free_port(), tmp_path)
+    server = RedisServer(free_port(), tmp_path)
     server.start()
     try:
         yield server
@@ -364,7 +356,7 @@ def test_redis_restart_with_aof_keeps_what_it_acknowledged(
 
 
 def test_a_store_that_cannot_reach_redis_never_raises(stores: list[RedisStore]) -> None:
-    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", socket_timeout=0.2)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2)
     stores.append(store)
     assert store.put([new_event(1)], wait=True) == 1
     assert store.claim(10, lease_seconds=60, now=time.time())[0].event_id == "ev-1"
@@ -435,3 +427,17 @@ def test_a_429_seen_by_one_sender_pauses_the_others(
     for s in (first, second):
         assert s.flush(5)
     assert_balanced(second.stats())
+
+
+def test_a_new_sender_delivers_what_the_stream_holds_without_traffic(
+    outbox: str, make_sender: Callable[..., Sender], fake_graph: FakeGraphAPI
+) -> None:
+    earlier = RedisStore(outbox)
+    earlier.put([new_event(i) for i in range(5)], wait=True)
+    earlier.close(2.0)  # a host that stopped with events still waiting
+    sender = make_sender(outbox)
+    assert wait_until(lambda: len(fake_graph.event_ids) == 5)
+    assert sorted(fake_graph.event_ids) == [f"ev-{i}" for i in range(5)]
+    assert wait_until(lambda: sender.stats().backlog == 0)
+    stats = assert_balanced(sender.stats())
+    assert stats.delivered == 5

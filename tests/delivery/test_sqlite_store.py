@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from live import wait_until
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import Sender
@@ -51,16 +52,6 @@ def rows(path: Path, sql: str = "SELECT COUNT(*) FROM events") -> list[tuple[obj
 
 def count(path: Path, table: str = "events") -> int:
     return int(rows(path, f"SELECT COUNT(*) FROM {table}")[0][0])  # type: ignore[call-overload]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    """Poll a condition the store's writer thread will make true; the timeout only guards a hang."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture

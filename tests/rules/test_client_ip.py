@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from typing import Any
 
 import pytest
 
@@ -20,14 +21,23 @@ from capi_middleware.rules.client_ip import (
 )
 
 
-def trust(*entries: str) -> ProxyTrust:
-    return ProxyTrust([ipaddress.ip_network(e, strict=False) for e in entries])
+def trust(*entries: str, **options: Any) -> ProxyTrust:
+    return ProxyTrust([ipaddress.ip_network(e, strict=False) for e in entries], **options)
 
 
+_LOCAL = ("127.0.0.1", "::1")
+_PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8")
 NOBODY = trust()
-LOCAL = trust("127.0.0.1", "::1")
-PRIVATE = trust("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8")
+LOCAL = trust(*_LOCAL)
+PRIVATE = trust(*_PRIVATE)
 CDN = trust("173.245.48.0/20", "2400:cb00::/32")
+# The other trust models (issue 10): RFC 7239 Forwarded instead of X-Forwarded-*, and the
+# forwarded host believed (only on opt-in; with a site, only inside it).
+LOCAL_FWD = trust(*_LOCAL, headers="forwarded")
+PRIVATE_FWD = trust(*_PRIVATE, headers="forwarded")
+LOCAL_HOST = trust(*_LOCAL, trust_host=True)
+LOCAL_FWD_HOST = trust(*_LOCAL, headers="forwarded", trust_host=True)
+LOCAL_HOST_SITE = trust(*_LOCAL, trust_host=True, site="example.com")
 
 G4 = "8.8.8.8"
 C4 = "1.1.1.1"
@@ -228,26 +238,58 @@ CASES = [
         None,
     ),
     # -- trusted peer, RFC 7239 Forwarded -----------------------------------------------------------
-    ("fwd-single", LOCAL, "127.0.0.1", {"forwarded": f"for={C4}"}, C4, None, None),
-    ("fwd-case-insensitive-name", LOCAL, "127.0.0.1", {"forwarded": f"For={C4}"}, C4, None, None),
-    ("fwd-quoted-v6-port", LOCAL, "127.0.0.1", {"forwarded": f'for="[{G6}]:4711"'}, G6, None, None),
-    ("fwd-quoted-v4-port", LOCAL, "127.0.0.1", {"forwarded": f'for="{C4}:4711"'}, C4, None, None),
-    ("fwd-obfuscated-port", LOCAL, "127.0.0.1", {"forwarded": f'for="[{G6}]:_p1"'}, G6, None, None),
-    ("fwd-chain", LOCAL, "127.0.0.1", {"forwarded": f"for={G4}, for={C4}"}, C4, None, None),
+    ("fwd-single", LOCAL_FWD, "127.0.0.1", {"forwarded": f"for={C4}"}, C4, None, None),
+    (
+        "fwd-case-insensitive-name",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": f"For={C4}"},
+        C4,
+        None,
+        None,
+    ),
+    (
+        "fwd-quoted-v6-port",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": f'for="[{G6}]:4711"'},
+        G6,
+        None,
+        None,
+    ),
+    (
+        "fwd-quoted-v4-port",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": f'for="{C4}:4711"'},
+        C4,
+        None,
+        None,
+    ),
+    (
+        "fwd-obfuscated-port",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": f'for="[{G6}]:_p1"'},
+        G6,
+        None,
+        None,
+    ),
+    ("fwd-chain", LOCAL_FWD, "127.0.0.1", {"forwarded": f"for={G4}, for={C4}"}, C4, None, None),
     (
         "fwd-trusted-hops",
-        PRIVATE,
+        PRIVATE_FWD,
         "10.0.0.1",
         {"forwarded": f"for={C4}, for=10.0.0.2"},
         C4,
         None,
         None,
     ),
-    ("fwd-obfuscated", LOCAL, "127.0.0.1", {"forwarded": "for=_hidden"}, None, None, None),
-    ("fwd-unknown", LOCAL, "127.0.0.1", {"forwarded": "for=unknown"}, None, None, None),
+    ("fwd-obfuscated", LOCAL_FWD, "127.0.0.1", {"forwarded": "for=_hidden"}, None, None, None),
+    ("fwd-unknown", LOCAL_FWD, "127.0.0.1", {"forwarded": "for=unknown"}, None, None, None),
     (
         "fwd-obfuscated-stops-walk",
-        PRIVATE,
+        PRIVATE_FWD,
         "10.0.0.1",
         {"forwarded": f"for={C4}, for=_abc, for=10.0.0.2"},
         None,
@@ -256,43 +298,62 @@ CASES = [
     ),
     (
         "fwd-obfuscated-left-of-client",
-        LOCAL,
+        LOCAL_FWD,
         "127.0.0.1",
         {"forwarded": f"for=_abc, for={C4}"},
         C4,
         None,
         None,
     ),
+    # One family only: the other is a client's claim that a proxy passed through (issue 10).
     (
-        "fwd-preferred-over-xff",
+        "fwd-ignored-by-default",
         LOCAL,
         "127.0.0.1",
-        {"forwarded": f"for={C4}", "x-forwarded-for": G4},
+        {"forwarded": f"for={C4};proto=https;host=evil.com", "x-forwarded-for": G4},
+        G4,
+        None,
+        None,
+    ),
+    (
+        "fwd-alone-ignored-by-default",
+        LOCAL,
+        "127.0.0.1",
+        {"forwarded": f"for={C4}"},
+        None,
+        None,
+        None,
+    ),
+    (
+        "xff-ignored-in-forwarded-mode",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": f"for={C4}", "x-forwarded-for": G4, "x-forwarded-proto": "https"},
         C4,
         None,
         None,
     ),
     (
-        "fwd-without-for-uses-xff",
-        LOCAL,
+        "fwd-without-for-is-the-peer",
+        LOCAL_FWD,
         "127.0.0.1",
         {"forwarded": "proto=https", "x-forwarded-for": G4},
-        G4,
+        None,
         "https",
         None,
     ),
     (
-        "fwd-junk-uses-xff",
-        LOCAL,
-        "127.0.0.1",
+        "fwd-junk-is-the-peer",
+        PRIVATE_FWD,
+        "10.0.0.1",
         {"forwarded": "garbage", "x-forwarded-for": G4},
-        G4,
+        None,
         None,
         None,
     ),
     (
         "fwd-params",
-        LOCAL,
+        LOCAL_FWD_HOST,
         "127.0.0.1",
         {"forwarded": f"for={C4}; proto=https; by=10.0.0.1; host=Shop.Example.com"},
         C4,
@@ -300,29 +361,54 @@ CASES = [
         "shop.example.com",
     ),
     (
+        "fwd-host-ignored-without-opt-in",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": f"for={C4}; proto=https; host=evil.com"},
+        C4,
+        "https",
+        None,
+    ),
+    (
         "fwd-escaped-quote-junk",
-        LOCAL,
+        LOCAL_FWD,
         "127.0.0.1",
         {"forwarded": 'for="\\"1.1.1.1"'},
         None,
         None,
         None,
     ),
-    ("fwd-unclosed-quote", LOCAL, "127.0.0.1", {"forwarded": f'for="{C4}'}, None, None, None),
-    ("fwd-empty-for", LOCAL, "127.0.0.1", {"forwarded": "for="}, None, None, None),
+    ("fwd-unclosed-quote", LOCAL_FWD, "127.0.0.1", {"forwarded": f'for="{C4}'}, None, None, None),
+    ("fwd-empty-for", LOCAL_FWD, "127.0.0.1", {"forwarded": "for="}, None, None, None),
     (
         "fwd-duplicate-param",
-        LOCAL,
+        LOCAL_FWD,
         "127.0.0.1",
         {"forwarded": f"for={C4};for={G4}"},
         C4,
         None,
         None,
     ),
-    ("fwd-private-client", LOCAL, "127.0.0.1", {"forwarded": "for=192.168.0.10"}, None, None, None),
-    ("fwd-from-untrusted-peer", LOCAL, G4, {"forwarded": f"for={C4};proto=https"}, G4, None, None),
-    ("fwd-10kb", LOCAL, "127.0.0.1", {"forwarded": f"for={C4}, " * 1500}, None, None, None),
-    ("fwd-trailing-comma", LOCAL, "127.0.0.1", {"forwarded": f"for={C4},"}, C4, None, None),
+    (
+        "fwd-private-client",
+        LOCAL_FWD,
+        "127.0.0.1",
+        {"forwarded": "for=192.168.0.10"},
+        None,
+        None,
+        None,
+    ),
+    (
+        "fwd-from-untrusted-peer",
+        LOCAL_FWD,
+        G4,
+        {"forwarded": f"for={C4};proto=https"},
+        G4,
+        None,
+        None,
+    ),
+    ("fwd-10kb", LOCAL_FWD, "127.0.0.1", {"forwarded": f"for={C4}, " * 1500}, None, None, None),
+    ("fwd-trailing-comma", LOCAL_FWD, "127.0.0.1", {"forwarded": f"for={C4},"}, C4, None, None),
     # -- scheme and host ----------------------------------------------------------------------------
     (
         "proto-https",
@@ -365,7 +451,7 @@ CASES = [
     ),
     (
         "fwd-proto-of-chosen-hop",
-        PRIVATE,
+        PRIVATE_FWD,
         "10.0.0.1",
         {"forwarded": f"for={C4};proto=https, for=10.0.0.2;proto=http"},
         C4,
@@ -374,7 +460,7 @@ CASES = [
     ),
     (
         "fwd-proto-falls-back-to-rightmost",
-        PRIVATE,
+        PRIVATE_FWD,
         "10.0.0.1",
         {"forwarded": f"for={C4}, for=10.0.0.2;proto=http"},
         C4,
@@ -383,7 +469,7 @@ CASES = [
     ),
     (
         "host-lowercased",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "Shop.Example.COM"},
         None,
@@ -392,18 +478,26 @@ CASES = [
     ),
     (
         "host-port",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "example.com:8443"},
         None,
         None,
         "example.com:8443",
     ),
-    ("host-v6", LOCAL, "127.0.0.1", {"x-forwarded-host": "[::1]:8080"}, None, None, "[::1]:8080"),
-    ("host-bad-v6", LOCAL, "127.0.0.1", {"x-forwarded-host": "[::zz]"}, None, None, None),
+    (
+        "host-v6",
+        LOCAL_HOST,
+        "127.0.0.1",
+        {"x-forwarded-host": "[::1]:8080"},
+        None,
+        None,
+        "[::1]:8080",
+    ),
+    ("host-bad-v6", LOCAL_HOST, "127.0.0.1", {"x-forwarded-host": "[::zz]"}, None, None, None),
     (
         "host-path-rejected",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "evil.com/path"},
         None,
@@ -412,7 +506,7 @@ CASES = [
     ),
     (
         "host-space-rejected",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "exa mple.com"},
         None,
@@ -421,7 +515,7 @@ CASES = [
     ),
     (
         "host-port-too-big",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "example.com:99999"},
         None,
@@ -430,7 +524,7 @@ CASES = [
     ),
     (
         "host-underscore-rejected",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "ex_ample.com"},
         None,
@@ -439,7 +533,7 @@ CASES = [
     ),
     (
         "host-crlf-rejected",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "a.com\r\nSet-Cookie: x=1"},
         None,
@@ -448,7 +542,7 @@ CASES = [
     ),
     (
         "host-list-takes-last",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "a.example, b.example"},
         None,
@@ -457,7 +551,7 @@ CASES = [
     ),
     (
         "host-fwd-quoted",
-        LOCAL,
+        LOCAL_FWD_HOST,
         "127.0.0.1",
         {"forwarded": f'for={C4};host="example.com:443"'},
         C4,
@@ -466,9 +560,63 @@ CASES = [
     ),
     (
         "host-too-long",
-        LOCAL,
+        LOCAL_HOST,
         "127.0.0.1",
         {"x-forwarded-host": "a." * 200 + "com"},
+        None,
+        None,
+        None,
+    ),
+    (
+        "host-ignored-without-opt-in",
+        LOCAL,
+        "127.0.0.1",
+        {"x-forwarded-for": C4, "x-forwarded-host": "evil.com"},
+        C4,
+        None,
+        None,
+    ),
+    (
+        "host-outside-the-site",
+        LOCAL_HOST_SITE,
+        "127.0.0.1",
+        {"x-forwarded-host": "evil.com"},
+        None,
+        None,
+        None,
+    ),
+    (
+        "host-suffix-is-not-inside",
+        LOCAL_HOST_SITE,
+        "127.0.0.1",
+        {"x-forwarded-host": "notexample.com"},
+        None,
+        None,
+        None,
+    ),
+    (
+        "host-the-site-itself",
+        LOCAL_HOST_SITE,
+        "127.0.0.1",
+        {"x-forwarded-host": "Example.com:8443"},
+        None,
+        None,
+        "example.com:8443",
+    ),
+    (
+        "host-inside-the-site",
+        LOCAL_HOST_SITE,
+        "127.0.0.1",
+        {"x-forwarded-host": "shop.example.com"},
+        None,
+        None,
+        "shop.example.com",
+    ),
+    (
+        "host-ip-outside-the-site",
+        LOCAL_HOST_SITE,
+        "127.0.0.1",
+        {"x-forwarded-host": "[::1]:8080"},
         None,
         None,
         None,
@@ -607,6 +755,17 @@ def test_proxy_trust_from_config() -> None:
     assert "10.0.0.0/8" in repr(proxies)
 
 
+JUNK_MODELS = [LOCAL, LOCAL_FWD, LOCAL_HOST, LOCAL_FWD_HOST, LOCAL_HOST_SITE]
+
+
+def test_proxy_trust_takes_one_header_family() -> None:
+    with pytest.raises(ValueError, match="forwarded_headers"):
+        trust(*_LOCAL, headers="both")
+    assert LOCAL.header_names == ("x-forwarded-for", "x-forwarded-proto")
+    assert LOCAL_HOST.header_names == ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+    assert LOCAL_FWD.header_names == ("forwarded",)
+
+
 def test_never_raises_on_random_junk() -> None:
     rng = random.Random(7239)
     alphabet = 'abcf0189:.[]%,;="_ \t\\\r\n\x00é🙂fortprotohost'
@@ -618,7 +777,7 @@ def test_never_raises_on_random_junk() -> None:
             "x-forwarded-proto": junk,
             "x-forwarded-host": junk,
         }
-        info = resolve_client("127.0.0.1", headers, LOCAL)
+        info = resolve_client("127.0.0.1", headers, rng.choice(JUNK_MODELS))
         assert info.scheme in (None, "http", "https", "ws", "wss")
         if info.client_ip is not None:
             assert sendable_ip(info.client_ip) == info.client_ip

@@ -72,9 +72,9 @@ class _SignedRecently(TimestampSigner):
 
 
 def _signed_with(signer: type[TimestampSigner], data: object) -> str:
-    # The same key and salt as the codec, only the signing time differs.
+    # The same key and salt as the codec (no site given), only the signing time differs.
     serializer = URLSafeTimedSerializer(
-        SECRET, salt="capi-middleware.enhancement.v1", signer=signer
+        SECRET, salt="capi-middleware.enhancement.v1|", signer=signer
     )
     return str(serializer.dumps(data))
 

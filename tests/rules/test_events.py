@@ -885,7 +885,11 @@ def test_enough_user_data_passes(user_data: dict[str, Any]) -> None:
 def test_unknown_user_data_key_is_a_warning() -> None:
     user_data = {"em": [H], "client_user_agent": UA, "favourite_colour": "blue"}
     problems = validate_event(meta_event(user_data=user_data), now=NOW)
-    assert [(p.field, p.fatal) for p in problems] == [("user_data.favourite_colour", False)]
+    # Named by its shape, not its text: a key may be a personal value (issue 10).
+    assert [(p.field, p.fatal) for p in problems] == [("user_data[?]", False)]
+    assert "unknown key of 16 characters" in problems[0].message
+    near = validate_event(meta_event(user_data={"em": [H], "client_user_agnt": UA}), now=NOW)
+    assert ("user_data.client_user_agnt", False) in [(p.field, p.fatal) for p in near]
 
 
 def test_missing_event_id_is_a_warning() -> None:
@@ -1089,3 +1093,23 @@ def test_event_is_frozen() -> None:
     event = Event("Lead", 1, "e", "website", {}, {})
     with pytest.raises(AttributeError):
         event.event_name = "Purchase"  # type: ignore[misc]
+
+
+def test_ldu_and_urls_reach_the_event() -> None:
+    built = build_event(
+        "Lead",
+        user_data={
+            "email": "a@example.com",
+            "client_ip_address": "203.0.113.7",
+            "client_user_agent": "t",
+        },
+        event_source_url="https://shop.example.com/",
+        referrer_url="https://www.google.com/",
+        ldu=True,
+    )
+    assert built.event is not None
+    assert built.event.data_processing_options == ("LDU",)
+    body = built.event.to_dict()
+    assert body["data_processing_options_country"] == 0
+    assert body["referrer_url"] == "https://www.google.com/"
+    assert body["event_source_url"] == "https://shop.example.com/"

@@ -736,7 +736,8 @@ def test_problems_name_the_field_and_index_and_never_the_value() -> None:
 def test_unknown_keys_are_dropped_with_a_hint() -> None:
     result = normalize_user_data({"emial": "x@example.com", "favourite_colour": "blue", 7: "x"})
     assert result.data == {}
-    assert fields(result) == ["user_data.emial", "user_data.favourite_colour", "user_data[?]"]
+    # Only a near miss of our names is shown by its text (issue 10).
+    assert fields(result) == ["user_data.emial", "user_data[?]", "user_data[?]"]
     assert "did you mean 'email'" in result.problems[0].message
     assert "x@example.com" not in str(result.problems)
     assert "blue" not in str(result.problems)

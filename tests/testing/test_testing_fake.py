@@ -56,12 +56,8 @@ def body(events: list[Any], token: str | None = FAKE_ACCESS_TOKEN, **extra: Any)
 
 
 @pytest.fixture
-def fake() -> FakeGraphAPI:
-    return FakeGraphAPI()
-
-
-@pytest.fixture
 def client(fake: FakeGraphAPI) -> Iterator[httpx.Client]:
+    """The fake answering in process, through its transport (no socket)."""
     with httpx.Client(transport=fake.transport(), base_url="https://graph.facebook.com") as c:
         yield c
 
