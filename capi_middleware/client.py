@@ -305,8 +305,11 @@ class CAPIClient:
             self.count("consent_denied")
             problems: tuple[Problem, ...] = ()
             if decision.reason == NO_SIGNAL_REASON:
-                problems = (_NO_SIGNAL_PROBLEM,)
-                _tell_default_denial_once(name)
+                if config.consent is None:  # the default policy: say what it is, once
+                    problems = (_NO_SIGNAL_PROBLEM,)
+                    _tell_default_denial_once(name)
+                else:
+                    problems = (_NO_SIGNAL_OWN_POLICY,)
             return _unsent(event_id, "denied", name, merged_custom, problems), None
 
         request_data: dict[str, Any] = {}
@@ -501,6 +504,9 @@ _NO_SIGNAL_PROBLEM = Problem(
     "denied: the request carries no consent signal, and the default policy is EU opt-in "
     "(nothing is sent until the visitor opts in); pass consent=True where no consent banner is "
     "needed, or a policy for your banner (README: Consent; docs/consent.md)",
+)
+_NO_SIGNAL_OWN_POLICY = Problem(
+    "consent", "denied: the request carries none of the consent signals your consent policy reads"
 )
 _told_default_denial = threading.Event()
 

@@ -7,6 +7,8 @@ value normalized differently hashes differently and silently never matches. Each
 value cannot be normalized. `normalize_user_data` applies them to a whole mapping, hashes,
 deduplicates and reports every dropped value as a `DroppedValue` (a non-fatal `Problem`) that
 names its Meta key and one reason from `DROP_REASONS`, and never contains the raw value.
+Three parts live in ``capi_middleware.rules``: ``countries`` (country and state names to codes),
+``phones`` (calling codes) and ``drops`` (the reasons and `DroppedValue`).
 
 Input length limits (characters of the string as given, checked before any other work, so a
 hostile 30 KB value costs one ``len()``). A longer value is dropped, never truncated, because a
@@ -30,7 +32,6 @@ surrounding whitespace allowed) is only lowercased, whatever its length limit.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
 import logging
 import math
@@ -41,10 +42,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import phonenumbers
-import pycountry
-
 from capi_middleware.errors import Problem, unknown_key_field
+from capi_middleware.rules.countries import country_code, state_code
+from capi_middleware.rules.drops import (
+    CONTROL_CHARACTERS,
+    DATE_OUT_OF_RANGE,
+    DROP_REASONS,
+    EMPTY,
+    INTERNAL_ERROR,
+    NO_COUNTRY_CODE,
+    NO_LETTERS,
+    NOT_A_DATE,
+    NOT_A_US_ZIP,
+    NOT_AN_EMAIL,
+    NOT_TEXT,
+    TOO_LONG,
+    TOO_SHORT,
+    UNKNOWN_COUNTRY,
+    UNKNOWN_GENDER,
+    DroppedValue,
+    Reject,
+)
+from capi_middleware.rules.phones import phone_digits
 
 _logger = logging.getLogger("capi_middleware")
 
@@ -121,7 +140,6 @@ _KEY_TO_META: dict[str, str] = {
     **{k: k for k in CLEAR_KEYS},
     **FRIENDLY_KEYS,
 }
-_HASHED_SET = frozenset(HASHED_KEYS)
 
 # Clear keys that hold numeric ids Meta documents as numbers (a Lead Ads lead_id, a page id):
 # an int is accepted and sent as its decimal string.
@@ -154,7 +172,6 @@ _HASH_SLACK = _SHA256_LEN + 16
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_ASCII_LETTER = re.compile(r"[^a-z]+")
-_NOT_DIGIT = re.compile(r"[^0-9]+")
 _NOT_ASCII_ALNUM = re.compile(r"[^a-z0-9]+")
 # An emoji keycap: a digit, # or * with an optional variation selector and U+20E3.
 _KEYCAP = re.compile("[0-9#*]\ufe0f?\u20e3")
@@ -174,17 +191,6 @@ _EMAIL_UNICODE = re.compile(
     r"[^\s@\x00-\x1f\x7f]{1,64}@(?:[^\W_]|-){1,63}(?:\.(?:[^\W_]|-){1,63})*\.[^\W\d_](?:[^\W_]|-){0,62}"
 )
 
-# Phone input that is only digits and the separators people type: safe to reduce to digits.
-_PLAIN_PHONE = re.compile(r"\+?[0-9 ()./-]+")
-# A trailing extension ("ext. 12", "x12", "#12") is not part of the number Meta matches on.
-_PHONE_EXTENSION = re.compile(r"\s*(?:ext\.?|extension|x|#)\s*[0-9]{1,7}\s*$", re.IGNORECASE)
-_PHONE_MIN_DIGITS = 7
-_PHONE_MAX_DIGITS = 15  # E.164
-_NO_COUNTRY_CODE_DETAIL = (
-    "no country code: write it with + and the calling code, pass the event's country, or set "
-    "default_country"
-)
-
 _US_ZIP = re.compile(r"([0-9]{5})(?:[0-9]{4})?")
 _MAX_POSTAL_LEN = 16  # longest real postal codes are ~10 characters
 _MIN_POSTAL_LEN = 2  # §3: fewer characters after normalization is no postal code
@@ -197,102 +203,6 @@ _DB_DOTTED = re.compile(r"([0-9]{1,2})\.([0-9]{1,2})\.([0-9]{4})")
 _DB_MIN_YEAR = 1900
 
 _GENDERS = {"f": "f", "m": "m", "female": "f", "male": "m"}
-
-
-def _pairs(text: str) -> dict[str, str]:
-    """``"a=b c=d"`` -> ``{"a": "b", "c": "d"}``: keeps long alias tables compact."""
-    return {k: v for k, _, v in (pair.partition("=") for pair in text.split())}
-
-
-# Country names come from two well-kept sources: pycountry (ISO 3166's English short, official
-# and common names) and CLDR's territory names through babel (the names people write, in English
-# and in the languages below; the Unicode consortium keeps them current). CLDR drops its
-# "alt" spellings (Ivory Coast, Turkey, Swaziland) from babel's data; this short list
-# carries them and the everyday names no source has. Every name is keyed by `_lookup_key`.
-_COUNTRY_ALIASES: dict[str, str] = _pairs(
-    "uk=gb england=gb scotland=gb wales=gb northernireland=gb greatbritain=gb britain=gb "
-    "america=us theunitedstates=us theunitedstatesofamerica=us thenetherlands=nl holland=nl "
-    "turkey=tr ivorycoast=ci elfenbeinkuste=ci costademarfil=ci macedonia=mk drc=cd "
-    "drcongo=cd democraticrepublicofthecongo=cd democraticrepublicofcongo=cd uae=ae burma=mm "
-    "swaziland=sz easttimor=tl vatican=va palestine=ps korea=kr macau=mo sainthelena=sh "
-    "weissrussland=by"
-)
-# CLDR languages whose names map to codes, in priority order: where two languages give one
-# spelling to different countries (Norwegian "Kongo" is CD, Polish "Kongo" is CG), the first
-# wins. Latin-script languages only: `_lookup_key` folds to a-z.
-_COUNTRY_NAME_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt", "pl", "sv", "da", "nb", "fi")
-
-# US/Canada state spellings pycountry lacks.
-_STATE_ALIASES: dict[str, dict[str, str]] = {
-    "US": {"washingtondc": "dc", "dc": "dc", "usvirginislands": "vi", "virginislands": "vi"},
-    "CA": {"newfoundland": "nl", "labrador": "nl", "pei": "pe", "yukonterritory": "yt"},
-}
-
-
-# Why a value was dropped: short, stable phrases a counter can group on (one per cause, the
-# same for every key; `DroppedValue.message` says more). Renaming one breaks dashboards.
-TOO_LONG = "too long"
-NOT_TEXT = "not text"
-EMPTY = "empty"
-CONTROL_CHARACTERS = "control characters"
-NOT_AN_EMAIL = "not an email"
-NO_DIGITS = "no digits"
-TOO_SHORT = "too short"
-TOO_MANY_DIGITS = "too many digits"
-NO_COUNTRY_CODE = "no country code"
-NO_LETTERS = "no letters"
-UNKNOWN_COUNTRY = "unknown country"
-NOT_A_US_ZIP = "not a US ZIP code"
-NOT_A_DATE = "not a date"
-DATE_OUT_OF_RANGE = "date out of range"
-UNKNOWN_GENDER = "unknown gender"
-INTERNAL_ERROR = "internal error"
-
-DROP_REASONS: frozenset[str] = frozenset(
-    {
-        TOO_LONG,
-        NOT_TEXT,
-        EMPTY,
-        CONTROL_CHARACTERS,
-        NOT_AN_EMAIL,
-        NO_DIGITS,
-        TOO_SHORT,
-        TOO_MANY_DIGITS,
-        NO_COUNTRY_CODE,
-        NO_LETTERS,
-        UNKNOWN_COUNTRY,
-        NOT_A_US_ZIP,
-        NOT_A_DATE,
-        DATE_OUT_OF_RANGE,
-        UNKNOWN_GENDER,
-        INTERNAL_ERROR,
-    }
-)
-
-
-@dataclass(frozen=True)
-class DroppedValue(Problem):
-    """A `Problem` for one ``user_data`` value that was dropped, in a form a counter can group.
-
-    Parameters (besides `Problem`'s; ``fatal`` is always False):
-        key: the Meta key the value was given for (``"ph"``, ``"em"``, ``"fbc"``, ...), whatever
-            spelling the caller used (``"phone"`` is ``"ph"``).
-        reason: why, one of `DROP_REASONS` (``"no country code"``, ``"not an email"``, ...).
-            ``message`` says the same in words, with how to fix it. Neither holds the value.
-    """
-
-    key: str = ""
-    reason: str = INTERNAL_ERROR
-
-
-class _Reject(Exception):
-    """Internal: a value cannot be normalized. ``reason`` is one of `DROP_REASONS`; ``detail``
-    (default: the reason) is the human message. Neither ever holds the value."""
-
-    def __init__(self, reason: str, detail: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail if detail is not None else reason
 
 
 # -- hashing ---------------------------------------------------------------------------------
@@ -316,28 +226,28 @@ def _type_name(value: object) -> str:
 
 
 def _text(value: object, limit: int, *, allow_int: bool = False) -> str:
-    """Coerce to a stripped string or raise `_Reject`; the length is checked first."""
+    """Coerce to a stripped string or raise `Reject`; the length is checked first."""
     if isinstance(value, str):
         if len(value) > limit:
-            raise _Reject(TOO_LONG, f"longer than {limit} characters")
+            raise Reject(TOO_LONG, f"longer than {limit} characters")
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise _Reject(NOT_TEXT, "not valid Unicode text (unpaired surrogate)") from None
+                raise Reject(NOT_TEXT, "not valid Unicode text (unpaired surrogate)") from None
         text = value.strip()
         if not text:
-            raise _Reject(EMPTY, "empty or whitespace only")
+            raise Reject(EMPTY, "empty or whitespace only")
         return text
     if isinstance(value, bool):
-        raise _Reject(NOT_TEXT, "expected a string, got bool")
+        raise Reject(NOT_TEXT, "expected a string, got bool")
     if allow_int and isinstance(value, int):
         if not 0 <= value < _MAX_INT:
-            raise _Reject(NOT_TEXT, "expected a non-negative number below 10**30")
+            raise Reject(NOT_TEXT, "expected a non-negative number below 10**30")
         return str(value)
     if isinstance(value, float) and math.isnan(value):
-        raise _Reject(NOT_TEXT, "expected a string, got float NaN")
-    raise _Reject(NOT_TEXT, f"expected a string, got {_type_name(value)}")
+        raise Reject(NOT_TEXT, "expected a string, got float NaN")
+    raise Reject(NOT_TEXT, f"expected a string, got {_type_name(value)}")
 
 
 def _letters(text: str, digits: bool = False) -> str:
@@ -372,77 +282,11 @@ def _letters(text: str, digits: bool = False) -> str:
     return "".join(kept)
 
 
-def _lookup_key(text: str) -> str:
-    """ASCII a-z only, accents folded (ß as ss): the key of the country and state tables."""
-    if not text.isascii():
-        decomposed = unicodedata.normalize("NFKD", text.casefold())
-        text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _NOT_ASCII_LETTER.sub("", text.lower())
-
-
-# -- lookup tables (built once, on first use) --------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _country_table() -> dict[str, str]:
-    """Alpha-2 and alpha-3 codes, then names (as `_lookup_key`) -> lowercase alpha-2.
-
-    The first source to claim a key keeps it, in this order: codes (no name shadows a code),
-    ISO's English names, CLDR's English names, the aliases, CLDR's other languages.
-    """
-    from babel import Locale  # loaded here: only a country written as a name needs it
-
-    table: dict[str, str] = {}
-    iso = {country.alpha_2: country for country in pycountry.countries}
-    for alpha2, country in iso.items():
-        table[alpha2.lower()] = alpha2.lower()
-        table[country.alpha_3.lower()] = alpha2.lower()
-
-    def add(name: str, alpha2: str) -> None:
-        key = _lookup_key(name)
-        if key and alpha2 in iso:
-            table.setdefault(key, alpha2.lower())
-
-    for alpha2, country in iso.items():
-        for attr in ("name", "official_name", "common_name"):
-            name = getattr(country, attr, None)
-            if name:
-                add(name, alpha2)
-    english, *others = (Locale.parse(lang).territories for lang in _COUNTRY_NAME_LANGUAGES)
-    for alpha2, name in english.items():
-        add(name, alpha2)
-    for key, code in _COUNTRY_ALIASES.items():
-        table.setdefault(key, code)
-    for names in others:
-        for alpha2, name in names.items():
-            add(name, alpha2)
-    return table
-
-
-@functools.lru_cache(maxsize=4)
-def _state_table(country: str) -> dict[str, str]:
-    """Subdivision codes and names of one country (``"US"``/``"CA"``) -> lowercase code."""
-    table: dict[str, str] = {}
-    subdivisions: Any = pycountry.subdivisions  # untyped library
-    for sub in subdivisions.get(country_code=country) or ():
-        code = sub.code.split("-", 1)[1].lower()
-        table[_lookup_key(sub.name)] = code
-        table[code] = code
-    table.update(_STATE_ALIASES.get(country, {}))
-    return table
-
-
-@functools.lru_cache(maxsize=1)
-def _us_ca_state_table() -> dict[str, str]:
-    # US and Canadian codes and names do not collide, so one table serves an unknown country.
-    return {**_state_table("CA"), **_state_table("US")}
-
-
 # -- per-key rules ---------------------------------------------------------------------------
 
 
 # Each rule takes the value and the event's country (lowercase alpha-2, or None when unknown)
-# and returns the normalized string, or raises `_Reject` with a reason that holds no value.
+# and returns the normalized string, or raises `Reject` with a reason that holds no value.
 
 
 def _email(value: object, cc: str | None = None) -> str:
@@ -453,90 +297,12 @@ def _email(value: object, cc: str | None = None) -> str:
         text = unicodedata.normalize("NFC", text)
         ok = _EMAIL_UNICODE.fullmatch(text) is not None
     if not ok or "@-" in text or ".-" in text or "-." in text or text.endswith("-"):
-        raise _Reject(NOT_AN_EMAIL, "not a valid email address")
+        raise Reject(NOT_AN_EMAIL, "not a valid email address")
     return text
 
 
 def _phone(value: object, cc: str | None = None) -> str:
-    text = _text(value, _MAX_LEN["ph"], allow_int=True)
-    plain = _PLAIN_PHONE.fullmatch(text) is not None
-    if not plain:
-        text = _PHONE_EXTENSION.sub("", text)
-        plain = _PLAIN_PHONE.fullmatch(text) is not None
-    digits: str | None = None
-    if text.startswith("+"):
-        if text[1:2] == "0":
-            # "+001 ...", "+0044 ...": an international call prefix typed after the "+" (the
-            # pixel and Meta's builders drop the zeros, §3).
-            text = "+" + text[1:].lstrip("0")
-        # International format: the digits already carry the calling code. "+44 (0)..." keeps a
-        # national trunk 0 that must go, and letters need a keypad map: phonenumbers for those.
-        if plain and "(0" not in text:
-            digits = _NOT_DIGIT.sub("", text)
-        else:
-            digits = _parse_phone(text, None)
-    elif cc is not None:
-        digits = _national_phone(text, cc, plain)
-    else:
-        digits = _without_country(text, plain)
-    if digits is None:
-        # Meta's rule when nothing better is known: digits only, leading zeros dropped (an
-        # international "00" prefix goes with them).
-        digits = _NOT_DIGIT.sub("", text).lstrip("0")
-    if not digits:
-        raise _Reject(NO_DIGITS)
-    if len(digits) < _PHONE_MIN_DIGITS:
-        raise _Reject(
-            TOO_SHORT, f"too short for a phone number (fewer than {_PHONE_MIN_DIGITS} digits)"
-        )
-    if len(digits) > _PHONE_MAX_DIGITS:
-        raise _Reject(
-            TOO_MANY_DIGITS, f"too long for a phone number (more than {_PHONE_MAX_DIGITS} digits)"
-        )
-    return digits
-
-
-def _without_country(text: str, plain: bool) -> str | None:
-    """The digits of a number written without "+" when no country is known, or raise `_Reject`
-    when it has no calling code (a national number can't match, §3). None: let the caller's
-    digits-only rule decide (it reports no digits, too short, too long)."""
-    digits = _NOT_DIGIT.sub("", text)
-    if text.startswith("00") or not _PHONE_MIN_DIGITS <= len(digits) <= _PHONE_MAX_DIGITS:
-        return None  # "00" is the international prefix: the calling code follows it
-    if text[0] != "0" and not text.startswith("(0"):  # a leading 0 is a national trunk prefix
-        # Digits typed without "+" carry a calling code only when they read as a real number
-        # of the country that code names; "(616) 954-7888" would be "+61 6954 7888", no number.
-        found = _parse_phone("+" + (digits if plain else text), None, valid=True)
-        if found is not None:
-            return found
-    raise _Reject(NO_COUNTRY_CODE, _NO_COUNTRY_CODE_DETAIL)
-
-
-def _national_phone(text: str, cc: str, plain: bool) -> str | None:
-    if plain and (cc == "us" or cc == "ca"):
-        # North American Numbering Plan: 10 digits with an area code 2-9, optionally after the
-        # trunk/calling code 1. This is what libphonenumber does for US/CA, ~20x faster.
-        digits = _NOT_DIGIT.sub("", text)
-        if len(digits) == 10 and digits[0] in "23456789":
-            return "1" + digits
-        if len(digits) == 11 and digits[0] == "1" and digits[1] in "23456789":
-            return digits
-    # libphonenumber adds the calling code, drops a national trunk prefix (UK 07... -> 447...),
-    # keeps Italy's leading 0, and recognises a calling code typed without "+".
-    return _parse_phone(text, cc.upper())
-
-
-def _parse_phone(text: str, region: str | None, *, valid: bool = False) -> str | None:
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(number):
-        return None  # parse() does not validate: "123456" in US would become "1123456"
-    if valid and not phonenumbers.is_valid_number(number):
-        return None
-    e164: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return e164.lstrip("+")
+    return phone_digits(_text(value, _MAX_LEN["ph"], allow_int=True), cc)
 
 
 def _name(value: object, cc: str | None = None) -> str:
@@ -545,7 +311,7 @@ def _name(value: object, cc: str | None = None) -> str:
         return value.lower()  # the common case ("John"): nothing to strip
     kept = _letters(_text(value, _MAX_HASHED_DEFAULT), digits=True)
     if not kept:
-        raise _Reject(NO_LETTERS, "has no letters or digits")
+        raise Reject(NO_LETTERS, "has no letters or digits")
     return kept
 
 
@@ -554,25 +320,18 @@ def _city(value: object, cc: str | None = None) -> str:
         return value.lower()  # the common case ("Paris"): nothing to strip
     letters = _letters(_text(value, _MAX_HASHED_DEFAULT))
     if not letters:
-        raise _Reject(NO_LETTERS, "has no letters")
+        raise Reject(NO_LETTERS, "has no letters")
     return letters
 
 
 def _state(value: object, cc: str | None = None) -> str:
     text = _text(value, _MAX_HASHED_DEFAULT)
-    table: dict[str, str] | None = None
-    if cc is None:
-        table = _us_ca_state_table()
-    elif cc == "us" or cc == "ca":
-        table = _state_table(cc.upper())
-    if table is not None:
-        short = len(text) == 2 and text.isascii()
-        found = table.get(text.lower() if short else _lookup_key(text))
-        if found is not None:
-            return found
+    found = state_code(text, cc)
+    if found is not None:
+        return found
     letters = _letters(text)
     if not letters:
-        raise _Reject(NO_LETTERS, "has no letters")
+        raise Reject(NO_LETTERS, "has no letters")
     return letters
 
 
@@ -583,31 +342,25 @@ def _zip(value: object, cc: str | None = None) -> str:
     text = _text(value, _MAX_HASHED_DEFAULT, allow_int=True)
     compact = _NOT_ASCII_ALNUM.sub("", text.lower())
     if not compact:
-        raise _Reject(EMPTY, "has no letters or digits")
+        raise Reject(EMPTY, "has no letters or digits")
     if len(compact) > _MAX_POSTAL_LEN:
-        raise _Reject(TOO_LONG, f"longer than {_MAX_POSTAL_LEN} characters for a postal code")
+        raise Reject(TOO_LONG, f"longer than {_MAX_POSTAL_LEN} characters for a postal code")
     if len(compact) < _MIN_POSTAL_LEN:
-        raise _Reject(TOO_SHORT, f"shorter than {_MIN_POSTAL_LEN} characters: not a postal code")
+        raise Reject(TOO_SHORT, f"shorter than {_MIN_POSTAL_LEN} characters: not a postal code")
     us = _US_ZIP.fullmatch(compact)
     if cc == "us":
         if us is None:
-            raise _Reject(NOT_A_US_ZIP, "not a US ZIP code (5 digits, or ZIP+4)")
+            raise Reject(NOT_A_US_ZIP, "not a US ZIP code (5 digits, or ZIP+4)")
         return us.group(1)  # Meta: US ZIP codes use the first 5 digits only
     if cc is None and us is not None:
         return us.group(1)
     return compact
 
 
-def _country_code(value: str) -> str | None:
-    if len(value) == 2 and value.isascii():
-        return _country_table().get(value.lower())  # the common case: an alpha-2 code
-    return _country_table().get(_lookup_key(value))
-
-
 def _country(value: object, cc: str | None = None) -> str:
-    code = _country_code(_text(value, _MAX_HASHED_DEFAULT))
+    code = country_code(_text(value, _MAX_HASHED_DEFAULT))
     if code is None:
-        raise _Reject(UNKNOWN_COUNTRY, "not a known country (use ISO 3166-1 alpha-2, e.g. 'us')")
+        raise Reject(UNKNOWN_COUNTRY, "not a known country (use ISO 3166-1 alpha-2, e.g. 'us')")
     return code
 
 
@@ -617,9 +370,9 @@ def _dob(value: object, cc: str | None = None) -> str:
     else:
         day = _parse_dob(_text(value, _MAX_HASHED_DEFAULT, allow_int=True))
     if day.year < _DB_MIN_YEAR:
-        raise _Reject(DATE_OUT_OF_RANGE, f"year before {_DB_MIN_YEAR}")
+        raise Reject(DATE_OUT_OF_RANGE, f"year before {_DB_MIN_YEAR}")
     if day > _dt.date.today():
-        raise _Reject(DATE_OUT_OF_RANGE, "date is in the future")
+        raise Reject(DATE_OUT_OF_RANGE, "date is in the future")
     return f"{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
@@ -635,24 +388,24 @@ def _parse_dob(text: str) -> _dt.date:
         # Dotted dates (16.02.1997) are day-first wherever they are written.
         day, month, year = (int(g) for g in match.groups())
     else:
-        raise _Reject(NOT_A_DATE, "not a date (use YYYY-MM-DD, YYYYMMDD or M/D/YYYY)")
+        raise Reject(NOT_A_DATE, "not a date (use YYYY-MM-DD, YYYYMMDD or M/D/YYYY)")
     try:
         return _dt.date(year, month, day)
     except ValueError:
-        raise _Reject(NOT_A_DATE, "not a real calendar date") from None
+        raise Reject(NOT_A_DATE, "not a real calendar date") from None
 
 
 def _gender(value: object, cc: str | None = None) -> str:
     found = _GENDERS.get(_text(value, _MAX_HASHED_DEFAULT).lower())
     if found is None:
-        raise _Reject(UNKNOWN_GENDER, "not a gender Meta accepts (f, m, female, male)")
+        raise Reject(UNKNOWN_GENDER, "not a gender Meta accepts (f, m, female, male)")
     return found
 
 
 def _external_id(value: object, cc: str | None = None, *, lowercase: bool = True) -> str:
     text = _text(value, _MAX_LEN["external_id"], allow_int=True)
     if not text.isprintable() and _CONTROL.search(text) is not None:
-        raise _Reject(CONTROL_CHARACTERS, "contains control characters")
+        raise Reject(CONTROL_CHARACTERS, "contains control characters")
     if not lowercase:
         return text  # sent in clear (hash_external_id=False): trimmed only
     # Lowercased and without any whitespace inside, as the pixel and Meta's builders do
@@ -683,9 +436,9 @@ _RULES: dict[str, _Rule] = {
 
 def _apply(rule: _Rule, value: object, country: object = None) -> str | None:
     try:
-        cc = _country_code(country) if isinstance(country, str) and country else None
+        cc = country_code(country) if isinstance(country, str) and country else None
         return rule(value, cc)
-    except _Reject:
+    except Reject:
         return None
 
 
@@ -781,7 +534,7 @@ class NormalizedUserData:
     problems: tuple[Problem, ...]
 
 
-def _dropped(meta: str, given: str, index: int | None, reject: _Reject) -> DroppedValue:
+def _dropped(meta: str, given: str, index: int | None, reject: Reject) -> DroppedValue:
     where = f"user_data.{meta}" if index is None else f"user_data.{meta}[{index}]"
     note = "" if given == meta else f" (given as '{given}')"
     return DroppedValue(where, f"{reject.detail}{note}; dropped", None, False, meta, reject.reason)
@@ -789,11 +542,11 @@ def _dropped(meta: str, given: str, index: int | None, reject: _Reject) -> Dropp
 
 def _clear_value(key: str, value: object) -> str:
     if isinstance(value, (list, tuple)):
-        raise _Reject(NOT_TEXT, "expected a single string, got a list")
+        raise Reject(NOT_TEXT, "expected a single string, got a list")
     limit = _MAX_LEN.get(key, _MAX_CLEAR_DEFAULT)
     text = _text(value, limit, allow_int=key in _NUMERIC_ID_CLEAR_KEYS)
     if not text.isprintable() and _CONTROL.search(text) is not None:
-        raise _Reject(CONTROL_CHARACTERS, "contains control characters")
+        raise Reject(CONTROL_CHARACTERS, "contains control characters")
     return text
 
 
@@ -813,7 +566,7 @@ _memo: dict[tuple[str, str | None, str], str] = {}
 
 
 def _hash_value(meta: str, rule: _Rule, item: object, cc: str | None) -> str:
-    """The lowercase hex SHA-256 to send for one value, or raise `_Reject`."""
+    """The lowercase hex SHA-256 to send for one value, or raise `Reject`."""
     if isinstance(item, str):
         size = len(item)
         if _SHA256_LEN <= size <= _HASH_SLACK:
@@ -848,10 +601,10 @@ def _add(
         out[
             _external_id(item, lowercase=False) if as_clear else _hash_value(meta, rule, item, cc)
         ] = None
-    except _Reject as exc:
+    except Reject as exc:
         problems.append(_dropped(meta, given, index, exc))
     except Exception:  # a bug of ours must not break the host's request
-        reject = _Reject(INTERNAL_ERROR, "could not be normalized")
+        reject = Reject(INTERNAL_ERROR, "could not be normalized")
         problems.append(_dropped(meta, given, index, reject))
 
 
@@ -861,11 +614,11 @@ def _event_country(raw: object, default_country: str | None) -> str | None:
     if raw is not None:
         for candidate in raw if isinstance(raw, (list, tuple)) else (raw,):
             if isinstance(candidate, str) and len(candidate) <= _MAX_HASHED_DEFAULT:
-                code = _country_code(candidate.strip())
+                code = country_code(candidate.strip())
                 if code is not None:
                     return code
     if isinstance(default_country, str) and default_country:
-        return _country_code(default_country.strip())
+        return country_code(default_country.strip())
     return None
 
 
@@ -907,7 +660,7 @@ def normalize_user_data(
         if rule is None:  # a clear key: sent as given, never hashed
             try:
                 clear[meta] = _clear_value(meta, value)
-            except _Reject as exc:
+            except Reject as exc:
                 problems.append(_dropped(meta, given, None, exc))
             continue
         out = hashed.get(meta)

@@ -146,3 +146,16 @@ def test_fbq_renders_nothing_for_an_invalid_event(fake: FakeGraphAPI) -> None:
     )
     body = _post(app, "/checkout")
     assert body == {"status": "invalid", "pixel": "", "snippet": ""}
+
+
+def test_a_configured_policy_without_a_signal_is_not_called_the_default(
+    fake: FakeGraphAPI,
+) -> None:
+    from capi_middleware.consent import site_cookie
+
+    app = quickstart.create_app(**_options(fake, consent=site_cookie("cc_cookie")))
+    body = _post(app, "/checkout")
+    assert body["status"] == "denied"
+    assert body["problems"] == [
+        "consent: denied: the request carries none of the consent signals your consent policy reads"
+    ]

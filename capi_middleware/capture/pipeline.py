@@ -21,6 +21,7 @@ from capi_middleware.capture.context import LAZY, RequestContext
 from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, MAX_HEADER_CHARS, cap_header
 from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.consent.policies import (
+    NO_SIGNAL_REASON,
     ConsentDecision,
     default_policy,
     evaluate,
@@ -68,6 +69,7 @@ class _Outcome(NamedTuple):
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
     kept: cookie_rules.KeptCookies | None  # granted: what `_apply_plan` plans from, per request
+    expire: tuple[str, ...] = ()  # refused: Set-Cookie values removing ours, on page loads
 
 
 class _CookieFacts(NamedTuple):
@@ -80,6 +82,11 @@ class _CookieFacts(NamedTuple):
 
 
 _CAPTURE_FAILED = ConsentDecision(granted=False, reason="capture_error")
+
+# Denials that are not the visitor's (or the site's policy's) "no": nothing is expired for them.
+_NOT_A_REFUSAL = frozenset(
+    {NO_SIGNAL_REASON, "policy_error", "capture_error", "disabled", "always_denied"}
+)
 
 
 class CapturePipeline:
@@ -103,6 +110,8 @@ class CapturePipeline:
             site=config.cookie_domain,
         )
         self._has_trust = bool(config.trusted_proxies)
+        # Peers found trusted when their forwarding headers were checked (check_forwarding_trust).
+        self._trusted_peers: set[str | None] = set()
         self._cookie_domain = config.cookie_domain
         self._set_fbp = config.set_fbp
         # Paths no browser requests (webhooks): no cookie is set there, and no memo is used.
@@ -171,13 +180,12 @@ class CapturePipeline:
             headers: lowercase names -> latin-1 values, repeats joined, values capped
                 (`cap_header`). ASGI uses `capture_raw`, which decodes only what it reads.
         """
-        if not _forwarding_checked and (
-            "x-forwarded-for" in headers
-            or "forwarded" in headers
-            or "x-forwarded-proto" in headers
-            or "x-forwarded-host" in headers
+        if (
+            not _forwarding_checked
+            and ("x-forwarded-for" in headers or "forwarded" in headers)
+            and peer not in self._trusted_peers
         ):
-            check_forwarding_trust(peer, headers, self._trust)
+            check_forwarding_trust(peer, headers, self._trust, self._trusted_peers)
         return self._capture(None, headers, peer, scheme, server, raw_path, query_string)
 
     def capture_raw(
@@ -201,13 +209,12 @@ class CapturePipeline:
         # kept cookies and what to mint depend only on the raw Cookie and Host headers, the
         # scheme and the headers the consent policy declares. Inline: this runs on every ASGI
         # request; the raw Cookie and Referer read here are handed on.
-        if not _forwarding_checked and (
-            b"x-forwarded-for" in header_map
-            or b"forwarded" in header_map
-            or b"x-forwarded-proto" in header_map
-            or b"x-forwarded-host" in header_map
+        if (
+            not _forwarding_checked
+            and (b"x-forwarded-for" in header_map or b"forwarded" in header_map)
+            and peer not in self._trusted_peers
         ):
-            check_forwarding_trust(peer, header_map, self._trust)
+            check_forwarding_trust(peer, header_map, self._trust, self._trusted_peers)
         key = None
         if (
             self._outcome_memo_on
@@ -268,6 +275,8 @@ class CapturePipeline:
         ctx.fbp = outcome.fbp
         if raw and b"_fbi" in raw and outcome.consent.granted:
             ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+        if outcome.expire and is_raw_navigation(header_map):
+            ctx.response_cookies.extend(outcome.expire)  # a refusal: ours removed (issue 10)
         if outcome.kept is not None:
             try:
                 # Only a browser gets a new _fbp (see _capture).
@@ -400,12 +409,27 @@ class CapturePipeline:
             ctx.fbp = facts.fbp
         if facts.fbc is not None and cookie_rules.is_valid_fbc(facts.fbc):
             ctx.fbc = facts.fbc
+        expire: tuple[str, ...] = ()
+        if (
+            not decision.granted
+            and decision.reason not in _NOT_A_REFUSAL
+            and not (self._no_cookie_paths and self._no_cookies_for(raw_path))
+        ):
+            try:
+                expire = self._expire_ours(ctx, secure, cookie_header)
+            except Exception as exc:
+                self.count("capture_errors")
+                log_internal_error("expiring cookies", exc)
+                outcome_key = None
+            if expire and _is_navigation(ctx):
+                ctx.response_cookies.extend(expire)
         if (
             outcome_key is not None
             and not decision.granted
             and _judged_for_good(facts.fbc, facts.fbp, ctx.fbc, ctx.fbp)
         ):
-            # Nothing here depends on the host: it stays worked out on first read.
+            # The host stays worked out on first read; the expiry values depend on it, and it
+            # is in the key.
             self._store_outcome(
                 outcome_key,
                 _Outcome(
@@ -416,6 +440,7 @@ class CapturePipeline:
                     fbc=ctx.fbc,
                     fbp=ctx.fbp,
                     kept=None,
+                    expire=expire,
                 ),
             )
         return ctx
@@ -425,6 +450,41 @@ class CapturePipeline:
         if isinstance(raw_path, bytes):
             return raw_path.startswith(self._no_cookie_raw_paths)
         return raw_path.startswith(self._no_cookie_paths)
+
+    def _expire_ours(
+        self, ctx: RequestContext, secure: bool, cookie_header: str | None
+    ) -> tuple[str, ...]:
+        """Set-Cookie values (``Max-Age=0``) that remove what we set, when consent is refused.
+
+        Issue 10: a visitor who had consented and now says no keeps nothing of ours. What we
+        set is known from the request alone, with no new tracking: a valid ``_fbc`` (we mint it
+        from fbclid and re-send it on every consented page load), a valid ``_fbp`` when we mint
+        ``_fbp`` on this site (``set_fbp``), and our enhancement cookie, which we only ever set
+        with consent. They go out on the next page load; the browser then drops them, so the
+        next request carries none and nothing more is said: once. A denial that is no answer
+        (no signal yet, a policy error) keeps them.
+        """
+        names = []
+        if ctx.fbc is not None:
+            names.append(cookie_rules.FBC_COOKIE)
+        if ctx.fbp is not None and self._set_fbp:
+            names.append(cookie_rules.FBP_COOKIE)
+        values: list[str] = []
+        host = ctx.page_host() if names else None
+        if host is not None:
+            # The Domain they were set with, or the browser keeps them.
+            domain = cookie_rules.cookie_domain_for(hostname(host), self._cookie_domain)
+            attributes = cookie_rules.set_cookie_attributes(domain, secure, max_age=0)
+            values.extend(f"{name}={attributes}" for name in names)
+        codec = self.client.enhancement
+        if (
+            codec is not None
+            and cookie_header is not None
+            and codec.cookie_name in cookie_header
+            and ctx.cookies.get(codec.cookie_name)
+        ):
+            values.append(codec.render_expiry(secure=secure))
+        return tuple(values)
 
     def _store_outcome(self, key: tuple[Any, ...], outcome: _Outcome) -> None:
         # The consent headers in the key (after cookie, host, scheme) are any size a client
@@ -599,6 +659,8 @@ class CapturePipeline:
 # forwarding headers (uvicorn's --proxy-headers). Read on every request before any work.
 _forwarding_checked = False
 
+_TRUSTED_SEEN_MAX = 256
+
 _FORWARDING_LABELS = {
     "x-forwarded-for": "X-Forwarded-For",
     "forwarded": "Forwarded",
@@ -608,7 +670,10 @@ _FORWARDING_LABELS = {
 
 
 def check_forwarding_trust(
-    peer: str | None, headers: Mapping[Any, Any], trust: client_ip_rules.ProxyTrust
+    peer: str | None,
+    headers: Mapping[Any, Any],
+    trust: client_ip_rules.ProxyTrust,
+    trusted_seen: set[str | None],
 ) -> None:
     """Warn once per process when forwarding headers arrive from a peer that is not trusted.
 
@@ -618,11 +683,16 @@ def check_forwarding_trust(
     warning names the header, the peer (a public address only to its /24 or /48: it may be a
     visitor's) and the option. Not said when the peer is an entry of X-Forwarded-For: the
     server already put the client there from the header it trusts (uvicorn
-    ``--forwarded-allow-ips``). Never raises.
+    ``--forwarded-allow-ips``). Called only while a request carries X-Forwarded-For or
+    Forwarded (the headers that carry an address) from a peer not yet in ``trusted_seen``,
+    where trusted peers are remembered (bounded) so that a trusted proxy costs one set lookup
+    per request. Never raises.
     """
     global _forwarding_checked
     try:
         if peer is None or trust.is_trusted(peer):
+            if len(trusted_seen) < _TRUSTED_SEEN_MAX:
+                trusted_seen.add(peer)
             return
         raw = isinstance(next(iter(headers), ""), bytes)  # ASGI's byte names, or WSGI's text
 

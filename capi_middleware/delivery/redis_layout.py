@@ -29,6 +29,7 @@ __all__ = [
     "BOOKS_SCRIPT",
     "CLAIM_SCRIPT",
     "DEAD_SCRIPT",
+    "ENTRY_FIELDS",
     "GROUP",
     "PAUSE_SCRIPT",
     "REPLAY_SCRIPT",
@@ -36,9 +37,10 @@ __all__ = [
     "SETTLE_SCRIPT",
     "Books",
     "Keys",
-    "entry_fields",
+    "encode_group",
     "parse_books",
     "parse_entry",
+    "unpack_msgpack",
 ]
 
 GROUP = "senders"
@@ -71,31 +73,140 @@ class Books(NamedTuple):
 EMPTY_BOOKS = Books(0, 0, 0, {})
 
 
-def entry_fields(e: NewEvent) -> list[Any]:
-    """One event as 12 ``XADD`` arguments (field, value, ...): ``v`` marks our own entries."""
-    return [
-        b"v", ENTRY_VERSION, b"p", e.pixel_id, b"i", e.event_id, b"t", e.event_time,
-        b"s", e.action_source, b"d", e.payload,
-    ]  # fmt: skip
+def encode_group(events: Sequence[NewEvent]) -> bytes:
+    """Events as ADD_SCRIPT's one argument: a MessagePack array of [pixel, id, time, source,
+    payload] arrays of strings, which the script reads with Redis's bundled ``cmsgpack``.
+
+    One argument for a whole group instead of a dozen per event: redis-py packs every argument
+    in Python, on the writer thread, which competes with the request threads for the GIL; and
+    ``cmsgpack`` reads the payloads as they are, where JSON would escape and unescape them.
+    """
+    parts = [_msgpack_array(len(events))]
+    for e in events:
+        parts += (
+            b"\x95",  # an array of five
+            _msgpack_str(e.pixel_id.encode()),
+            _msgpack_str(e.event_id.encode()),
+            _msgpack_str(str(e.event_time).encode()),
+            _msgpack_str(e.action_source.encode()),
+            _msgpack_str(e.payload),
+        )
+    return b"".join(parts)
 
 
-def parse_entry(fields: Mapping[bytes, bytes]) -> NewEvent | str:
-    """An entry's fields as a `NewEvent`, or why it can not be one (a short, data-free reason)."""
-    if fields.get(b"v") != ENTRY_VERSION:
-        return "not a capi-middleware entry" if b"v" not in fields else "unknown entry version"
+def _msgpack_array(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _msgpack_str(b: bytes) -> bytes:
+    # The raw / str family (fixstr, str16, str32), which every Redis's cmsgpack reads; Redis
+    # 7.0's does not read the newer bin types.
+    n = len(b)
+    if n < 32:
+        return bytes((0xA0 | n,)) + b
+    if n < 65536:
+        return b"\xda" + n.to_bytes(2, "big") + b
+    return b"\xdb" + n.to_bytes(4, "big") + b
+
+
+ENTRY_FIELDS = 6  # v, p, i, t, s, d: what CLAIM_SCRIPT returns for each entry, after its id
+
+
+def parse_entry(values: Sequence[Any]) -> NewEvent | str:
+    """An entry's ``v, p, i, t, s, d`` values (False where missing) as a `NewEvent`, or why it can
+    not be one (a short, data-free reason)."""
+    version, pixel, event_id, event_time, source, payload = values
+    if version is False:
+        return "not a capi-middleware entry"
+    if version != ENTRY_VERSION:
+        return "unknown entry version"
+    names = ("p", "i", "t", "s", "d")
+    for name, value in zip(names, (pixel, event_id, event_time, source, payload), strict=True):
+        if value is False:
+            return f"field {name!r} missing"
     try:
-        pixel_id = fields[b"p"].decode("ascii")
-        event_id = fields[b"i"].decode("utf-8")
-        event_time = int(fields[b"t"])
-        action_source = fields[b"s"].decode("ascii")
-        payload = fields[b"d"]
-    except KeyError as exc:
-        return f"field {exc.args[0]!r} missing"
+        pixel_id = pixel.decode("ascii")
+        event = NewEvent(
+            pixel_id, payload, event_id.decode(), int(event_time), source.decode("ascii")
+        )
     except (UnicodeDecodeError, ValueError):
         return "a field is not readable"
     if not pixel_id.isdigit() or not payload.startswith(b"{"):
         return "pixel id or payload malformed"
-    return NewEvent(pixel_id, payload, event_id, event_time, action_source)
+    return event
+
+
+def unpack_msgpack(data: bytes) -> Any:
+    """Read what Redis's ``cmsgpack.pack`` wrote (arrays, maps, strings, integers, booleans).
+
+    A claim comes back as one string instead of a RESP reply of some fifteen parts per entry,
+    which redis-py would parse in Python on the sender's thread.
+    """
+    value, _ = _read(data, 0)
+    return value
+
+
+def _read(d: bytes, i: int) -> tuple[Any, int]:
+    b = d[i]
+    i += 1
+    if b <= 0x7F:
+        return b, i
+    if 0xA0 <= b <= 0xBF:
+        n = b & 0x1F
+        return d[i : i + n], i + n
+    if 0x90 <= b <= 0x9F:
+        return _read_array(d, i, b & 0x0F)
+    if 0x80 <= b <= 0x8F:
+        return _read_map(d, i, b & 0x0F)
+    if b >= 0xE0:
+        return b - 0x100, i
+    if b == 0xC0:
+        return None, i
+    if b in (0xC2, 0xC3):
+        return b == 0xC3, i
+    size = _SIZED.get(b)
+    if size is None:
+        raise ValueError(f"msgpack type 0x{b:02x} not expected from cmsgpack")
+    kind, width = size
+    n = int.from_bytes(d[i : i + width], "big", signed=kind == "int")
+    i += width
+    if kind in ("uint", "int"):
+        return n, i
+    if kind == "str":
+        return d[i : i + n], i + n
+    if kind == "array":
+        return _read_array(d, i, n)
+    return _read_map(d, i, n)
+
+
+_SIZED = {
+    0xC4: ("str", 1), 0xC5: ("str", 2), 0xC6: ("str", 4),
+    0xD9: ("str", 1), 0xDA: ("str", 2), 0xDB: ("str", 4),
+    0xCC: ("uint", 1), 0xCD: ("uint", 2), 0xCE: ("uint", 4), 0xCF: ("uint", 8),
+    0xD0: ("int", 1), 0xD1: ("int", 2), 0xD2: ("int", 4), 0xD3: ("int", 8),
+    0xDC: ("array", 2), 0xDD: ("array", 4), 0xDE: ("map", 2), 0xDF: ("map", 4),
+}  # fmt: skip
+
+
+def _read_array(d: bytes, i: int, n: int) -> tuple[list[Any], int]:
+    out = []
+    for _ in range(n):
+        value, i = _read(d, i)
+        out.append(value)
+    return out, i
+
+
+def _read_map(d: bytes, i: int, n: int) -> tuple[list[Any], int]:
+    # Only an empty Lua table comes back as a map (cmsgpack can not tell it from an array).
+    out = []
+    for _ in range(2 * n):
+        value, i = _read(d, i)
+        out.append(value)
+    return out, i
 
 
 def parse_books(reply: Sequence[Any]) -> Books:
@@ -118,14 +229,17 @@ def parse_books(reply: Sequence[Any]) -> Books:
 
 _BOOKS_REPLY = "return {redis.call('XLEN', KEYS[1]), redis.call('HGETALL', KEYS[2])}"
 
-# KEYS: events, books. ARGV: 12 values per event (`entry_fields`).
+# KEYS: events, books. ARGV: one MessagePack array (`encode_group`). Every entry gets the fields
+# v (the layout's version), p (pixel id), i (event id), t (event time), s (action source) and
+# d (the payload, byte for byte).
 ADD_SCRIPT = f"""
-local n = 0
-for i = 1, #ARGV, 12 do
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + 11))
-  n = n + 1
+local events = cmsgpack.unpack(ARGV[1])
+for i = 1, #events do
+  local e = events[i]
+  redis.call('XADD', KEYS[1], '*', 'v', '1', 'p', e[1], 'i', e[2], 't', e[3], 's', e[4],
+             'd', e[5])
 end
-redis.call('HINCRBY', KEYS[2], 'enqueued', n)
+redis.call('HINCRBY', KEYS[2], 'enqueued', #events)
 {_BOOKS_REPLY}
 """
 
@@ -208,26 +322,50 @@ return n
 
 # KEYS: events, pauses. ARGV: group, consumer, now (ms, wall clock), count, autoclaim (0/1),
 # min idle (ms), autoclaim cursor. Reads the pauses first: while every pixel is paused nothing
-# is claimed, so a paused fleet holds no leases. Reply: {pauses, autoclaim reply or false,
-# XREADGROUP reply or false}.
+# is claimed, so a paused fleet holds no leases. Then a dead consumer's entries (XAUTOCLAIM),
+# then new ones (XREADGROUP). Reply: one MessagePack string (`unpack_msgpack`) of
+# {pauses (flat), the autoclaim cursor or false, flat entries: id, v, p, i, t, s, d, id, ...}
+# with false for a missing field.
 CLAIM_SCRIPT = """
 local pauses = redis.call('HGETALL', KEYS[2])
 local now = tonumber(ARGV[3])
 for i = 1, #pauses, 2 do
-  if pauses[i] == '*' and tonumber(pauses[i + 1]) > now then return {pauses, false, false} end
+  if pauses[i] == '*' and tonumber(pauses[i + 1]) > now then
+    return cmsgpack.pack({pauses, false, {}})
+  end
+end
+local out = {}
+local function add(entry)
+  local f = entry[2]
+  if not f then return end
+  local v, p, i, t, s, d = false, false, false, false, false, false
+  for j = 1, #f, 2 do
+    local k = f[j]
+    if k == 'v' then v = f[j + 1] elseif k == 'p' then p = f[j + 1]
+    elseif k == 'i' then i = f[j + 1] elseif k == 't' then t = f[j + 1]
+    elseif k == 's' then s = f[j + 1] elseif k == 'd' then d = f[j + 1] end
+  end
+  local n = #out
+  out[n + 1] = entry[1]; out[n + 2] = v; out[n + 3] = p; out[n + 4] = i
+  out[n + 5] = t; out[n + 6] = s; out[n + 7] = d
 end
 local count = tonumber(ARGV[4])
-local taken = false
+local cursor = false
 if ARGV[5] == '1' then
-  taken = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[6], ARGV[7], 'COUNT', count)
+  local taken = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[6], ARGV[7], 'COUNT',
+                           count)
+  cursor = taken[1]
+  for _, entry in ipairs(taken[2]) do add(entry) end
   count = count - #taken[2]
 end
-local new = false
 if count > 0 then
-  new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS',
-                   KEYS[1], '>')
+  local new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count, 'STREAMS',
+                         KEYS[1], '>')
+  if new then
+    for _, entry in ipairs(new[1][2]) do add(entry) end
+  end
 end
-return {pauses, taken, new}
+return cmsgpack.pack({pauses, cursor, out})
 """
 
 # KEYS: pauses. ARGV: field (a pixel id or '*'), until (ms, wall clock), ttl (ms). Keeps the later

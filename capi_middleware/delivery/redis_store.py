@@ -44,15 +44,17 @@ from capi_middleware.delivery.redis_layout import (
     CLAIM_SCRIPT,
     DEAD_SCRIPT,
     EMPTY_BOOKS,
+    ENTRY_FIELDS,
     GROUP,
     PAUSE_SCRIPT,
     REQUEUE_SCRIPT,
     SETTLE_SCRIPT,
     Books,
     Keys,
-    entry_fields,
+    encode_group,
     parse_books,
     parse_entry,
+    unpack_msgpack,
 )
 from capi_middleware.delivery.store import DeadLetter, NewEvent, StoreBooks, StoredEvent
 
@@ -202,7 +204,7 @@ class RedisStore:
         memory_fallback: int = 100_000,
         commit_interval: float = 0.005,
         max_pending: int = 10_000,
-        max_held: int = 10_000,
+        max_held: int = 2_000,
         wait_timeout: float = 2.0,
         reconnect_max: float = 2.0,
         refresh_interval: float = 1.0,
@@ -639,17 +641,14 @@ class RedisStore:
         except self._errors as exc:
             self._failed("claim", exc)
             return []
-        pauses, taken, new = reply
+        pauses, cursor, flat = unpack_msgpack(reply)
         self._note_pauses(pauses, now)
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
-        if taken:
-            cursor = taken[0]
-            self._autoclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        if cursor is not False:
+            self._autoclaim_cursor = cursor.decode()
             if self._autoclaim_cursor == "0-0":
                 self._next_autoclaim = mono + max(0.2, self._lease_seconds / 4)
-            entries.extend(_entries(taken[1]))
-        if new:
-            entries.extend(_entries(new[0][1]))
+        step = ENTRY_FIELDS + 1
+        entries = [(flat[k], flat[k + 1 : k + step]) for k in range(0, len(flat), step)]
         out: list[StoredEvent] = []
         malformed: dict[str, list[bytes]] = {}
         with self._cond:
@@ -829,38 +828,35 @@ class RedisStore:
                     self._cond.wait(0.5)
 
     def _commit(self, group: list[NewEvent]) -> None:
-        """Add one group with one script, or keep it in memory."""
-        books: Books | None = None
+        """Add one group (one script per chunk), or keep what Redis did not take in memory."""
+        added = 0
         if not self._broken:
             try:
                 self._ensure_group()
-                args: list[Any] = []
-                for e in group:
-                    args.extend(entry_fields(e))
-                books = EMPTY_BOOKS
-                for start in range(0, len(args), 12 * _SCRIPT_CHUNK):
-                    reply = self._scripts["add"](
-                        keys=[self.keys.events, self.keys.books],
-                        args=args[start : start + 12 * _SCRIPT_CHUNK],
-                    )
-                    books = parse_books(reply)
-                    # Publish each chunk's books with its events out of memory: no double count.
+                for start in range(0, len(group), _SCRIPT_CHUNK):
+                    chunk = group[start : start + _SCRIPT_CHUNK]
+                    books = self._add(chunk)
+                    # The chunk's books and its leaving memory are published together.
                     with self._cond:
                         self._books = books
-                        self._committing -= min(_SCRIPT_CHUNK, self._committing)
+                        self._committing -= len(chunk)
+                    added += len(chunk)
             except self._errors as exc:
-                books = None
                 self._failed("add", exc)
         with self._cond:
-            if books is None:
-                added = len(group) - self._committing
-                for e in group[added:]:
-                    self._buffer[self._next_buffer_id] = _Buffered(e)
-                    self._next_buffer_id -= 1
+            for e in group[added:]:
+                self._buffer[self._next_buffer_id] = _Buffered(e)
+                self._next_buffer_id -= 1
             self._committing = 0
             self._settled_seq += len(group)
             self._next_refresh = time.monotonic() + self._refresh_interval
             self._cond.notify_all()
+
+    def _add(self, events: Sequence[NewEvent]) -> Books:
+        reply = self._scripts["add"](
+            keys=[self.keys.events, self.keys.books], args=[encode_group(events)]
+        )
+        return parse_books(reply)
 
     def _commit_pending(self) -> None:
         with self._cond:
@@ -891,17 +887,11 @@ class RedisStore:
             ok = ok and self._bury(entries, letter)
         if ok and moving:
             try:
-                args: list[Any] = []
-                for _, b in moving:
-                    args.extend(entry_fields(b.event))
-                for start in range(0, len(args), 12 * _SCRIPT_CHUNK):
-                    part = moving[start // 12 : start // 12 + _SCRIPT_CHUNK]
-                    reply = self._scripts["add"](
-                        keys=[self.keys.events, self.keys.books],
-                        args=args[start : start + 12 * _SCRIPT_CHUNK],
-                    )
+                for start in range(0, len(moving), _SCRIPT_CHUNK):
+                    part = moving[start : start + _SCRIPT_CHUNK]
+                    books = self._add([b.event for _, b in part])
                     with self._cond:
-                        self._books = parse_books(reply)
+                        self._books = books
                         for local_id, _ in part:
                             self._buffer.pop(local_id, None)
             except self._errors as exc:
@@ -941,17 +931,6 @@ class RedisStore:
         with self._cond:
             self._books = parse_books(reply)
             self._next_refresh = time.monotonic() + self._refresh_interval
-
-
-def _entries(raw: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Stream entries from a script's raw reply: ``[[id, [field, value, ...]], ...]``."""
-    out: list[tuple[bytes, dict[bytes, bytes]]] = []
-    for item in raw or ():
-        if not item or item[1] is None:
-            continue  # deleted while pending (Redis 6.2 answers nil for those)
-        flat = item[1]
-        out.append((item[0], {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}))
-    return out
 
 
 def _chunks(items: Sequence[bytes]) -> list[Sequence[bytes]]:

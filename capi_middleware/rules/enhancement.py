@@ -115,6 +115,13 @@ class EnhancementCookie:
             parts.append("Secure")
         return "; ".join(parts)
 
+    def render_expiry(self, *, secure: bool) -> str:
+        """The Set-Cookie header value that removes the cookie (``Max-Age=0``, same attributes)."""
+        parts = [f"{self.cookie_name}=", "Path=/", "Max-Age=0", "HttpOnly", "SameSite=Lax"]
+        if secure:
+            parts.append("Secure")
+        return "; ".join(parts)
+
 
 def site_binding(pixel_id: str | None, cookie_domain: str | None) -> str:
     """What binds the enhancement cookie to one site: the pixel id and the cookie domain.

@@ -1,6 +1,7 @@
 """A fake Graph API and pytest fixtures for testing an app that uses capi-middleware.
 
-See `capi_middleware.testing.fake` for the fake and `capi_middleware.testing.apps` for reaching an
+See `capi_middleware.testing.fake` for the fake (its rules: `.oracle`; how it is reached:
+`.server`), `.fixtures` for its pytest fixtures and `capi_middleware.testing.apps` for reaching an
 app's client and the environment fixtures; the names below are the public kit.
 """
 
@@ -12,9 +13,8 @@ from capi_middleware.testing.fake import (
     FAKE_PIXEL_ID,
     FakeGraphAPI,
     RecordedRequest,
-    fake_graph,
-    fake_graph_config,
 )
+from capi_middleware.testing.fixtures import fake_graph, fake_graph_config
 
 __all__ = [
     "FAKE_ACCESS_TOKEN",

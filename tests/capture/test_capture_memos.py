@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
+import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -45,22 +49,80 @@ def capture(pipe: CapturePipeline, path: str, headers: dict[str, str]) -> Reques
     )
 
 
-def test_the_outcome_memo_is_never_keyed_by_an_oversized_consent_header() -> None:
-    pipe = pipeline(consent=None)
-    cookie = {"cookie": "cookie_consent=accept"}
-    capture(pipe, "asgi", {**cookie, "sec-gpc": "1"})
-    assert len(pipe._outcomes) == 1  # a usual Sec-GPC keys a reused outcome
-    for i in range(3):
-        ctx = capture(pipe, "asgi", {**cookie, "sec-gpc": f"{i}" + " " * 20_000})
+def retained_bytes(work: Callable[[], object]) -> int:
+    """Bytes of Python memory still held after ``work()`` ran and its result was dropped."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        work()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def retained_blocks(work: Callable[[], object]) -> int:
+    """Small-object blocks still allocated after ``work()`` (cheap enough for many requests)."""
+    gc.collect()
+    before = sys.getallocatedblocks()
+    work()
+    gc.collect()
+    return sys.getallocatedblocks() - before
+
+
+def visitors(pipe: CapturePipeline, path: str, numbers: range) -> None:
+    """One request from each of many visitors: each its own _fbp, Cookie header and Sec-GPC."""
+    for i in numbers:
+        headers = {
+            "cookie": f"cookie_consent=accept; _fbp=fb.1.1700000000000.{i}",
+            "sec-gpc": f"{i}",
+        }
+        ctx = capture(pipe, path, headers)
         assert ctx.consent.granted
-    # A client choosing a huge header value must not make the memo hold it.
-    assert len(pipe._outcomes) == 1
+        assert ctx.fbp == f"fb.1.1700000000000.{i}"
+
+
+@pytest.mark.parametrize("path", ["asgi", "wsgi"])
+def test_memos_are_bounded(path: str) -> None:
+    # What capture remembers (consent decisions, the visitors' cookies, whole outcomes) grows
+    # with the first thousand visitors, and then no more however many come.
+    pipe = pipeline(consent=None)
+    visitors(pipe, path, range(20_000, 20_300))  # warm up: lazy imports, first-use caches
+    first = retained_blocks(lambda: visitors(pipe, path, range(0, 1_000)))
+    later = retained_blocks(lambda: visitors(pipe, path, range(1_000, 10_000)))
+    assert first > 0
+    assert later < 4 * first, (first, later)  # unbounded memos: about 9 times ``first``
+
+
+@pytest.mark.parametrize("path", ["asgi", "wsgi"])
+@pytest.mark.parametrize("oversized", ["consent header", "cookie header"])
+def test_no_memo_keeps_an_oversized_header(path: str, oversized: str) -> None:
+    pipe = pipeline(consent=None)
+    cookie = "cookie_consent=accept"
+    capture(pipe, path, {"cookie": cookie, "sec-gpc": "1"})  # a usual request, remembered
+
+    def huge_requests() -> None:
+        for i in range(20):
+            if oversized == "consent header":
+                headers = {"cookie": cookie, "sec-gpc": f"{i}" + " " * 20_000}
+            else:
+                headers = {"cookie": f"{cookie}; pad={i}" + "x" * 3_000}
+            assert capture(pipe, path, headers).consent.granted
+
+    # A client choosing a huge header value must not make a memo hold it (20 requests would
+    # leave at least 60 KB behind).
+    assert retained_bytes(huge_requests) < 20_000
 
 
 def test_the_page_host_memo_never_keeps_an_oversized_host() -> None:
-    junk = b"a" * 50_000
-    assert page_url.page_host(junk, "https") is None
-    assert (junk, "https") not in page_url._host_cache
+    assert page_url.page_host(b"www.example.com:443", "https") == "www.example.com"
+
+    def junk_hosts() -> None:
+        for i in range(10):
+            assert page_url.page_host(b"a" * 50_000 + b"%d" % i, "https") is None
+
+    assert retained_bytes(junk_hosts) < 50_000  # kept, they would hold 500 KB
     assert page_url.page_host(b"www.example.com:443", "https") == "www.example.com"
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from capi_middleware.capture.context import (
-    _UNSET,
     RequestContext,
     TrackResult,
     activate,
@@ -472,9 +472,9 @@ def test_kept_cookie_memo_never_holds_minted_values() -> None:
     page = {"sec_fetch_dest": "document"}
     first = capture(pipe, host="www.example.com", cookie=cookie, **page)
     second = capture(pipe, host="www.example.com", cookie=cookie, **page)
-    assert first.response_cookies.take() == second.response_cookies.take()
+    resent = first.response_cookies.take()
+    assert resent == second.response_cookies.take()
     assert (second.fbp, second.fbc) == (f"fb.1.{now_ms}.42", f"fb.1.{now_ms}.Click")
-    assert len(pipe._kept_memo) == 1
     # A new click id mints: each request gets its own creation time and value.
     minted = [
         capture(pipe, host="www.example.com", cookie=cookie, query="fbclid=Other").fbc
@@ -483,26 +483,12 @@ def test_kept_cookie_memo_never_holds_minted_values() -> None:
     assert all(fbc is not None and fbc.endswith(".Other") for fbc in minted)
     fresh = [capture(pipe, host="www.example.com").fbp for _ in range(2)]
     assert fresh[0] != fresh[1]
-    # What the memo keeps is the visitor's validated values, never a minted one.
-    for kept in pipe._kept_memo.values():
-        assert kept.fbc in (None, f"fb.1.{now_ms}.Click")
-        assert kept.fbp in (None, f"fb.1.{now_ms}.42")
-
-
-def test_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("capi_middleware.capture.pipeline._MEMO_SIZE", 8)
-    pipe = pipeline(consent=None)
-    for i in range(50):
-        ctx = capture(
-            pipe,
-            host="www.example.com",
-            cookie=f"cookie_consent=accept; _fbp=fb.1.1700000000000.{i}",
-            sec_gpc=str(i),
-        )
-        assert ctx.consent.granted
-        assert ctx.fbp == f"fb.1.1700000000000.{i}"
-    assert 0 < len(pipe._kept_memo) <= 8
-    assert 0 < len(pipe._consent_memo) <= 8
+    # What is remembered is the visitor's validated values, never a minted one: the visitor
+    # comes back with the same cookies and gets them, and only them, back.
+    again = capture(pipe, host="www.example.com", cookie=cookie, **page)
+    assert (again.fbp, again.fbc) == (f"fb.1.{now_ms}.42", f"fb.1.{now_ms}.Click")
+    assert again.response_cookies.take() == resent
+    assert capture(pipe, host="www.example.com").fbp not in fresh
 
 
 @pytest.mark.parametrize(
@@ -538,14 +524,13 @@ def test_attributes_are_worked_out_on_first_read_and_never_raise(
         path="/p",
         query="a=1",
     )
-    assert ctx._client_ip is _UNSET  # nothing worked out yet
-    assert ctx._user_agent is _UNSET
     assert ctx.client_ip == "8.8.8.8"
     assert ctx.user_agent == "UA/1"
     assert ctx.event_source_url == "https://shop.example.com/p?a=1"
     assert ctx.referrer_url == "https://ads.example.org/x"
-    # A context whose raw header map holds a non-bytes value (a broken server): the attribute
-    # reads None, the failure is counted and logged, and nothing raises into the app.
+    # A context whose raw header map holds a non-bytes value (a broken server): capture does not
+    # read the user agent, so nothing fails yet; the first read returns None, and the failure is
+    # counted and logged then, and nothing raises into the app.
     broken = pipe.capture_raw(
         peer="8.8.8.8",
         scheme="https",
@@ -554,6 +539,7 @@ def test_attributes_are_worked_out_on_first_read_and_never_raise(
         query_string="",
         header_map={b"host": b"example.com", b"user-agent": 42},  # type: ignore[dict-item]
     )
+    assert pipe.client.stats().capture_errors == 0  # not worked out yet
     with caplog.at_level(logging.ERROR, logger="capi_middleware"):
         assert broken.user_agent is None
     assert pipe.client.stats().capture_errors == 1
@@ -632,45 +618,58 @@ def test_a_reused_outcome_is_the_same_as_a_fresh_capture(
         consent_option = consent.site_cookie("ok")
     scheme = "http" if request.node.callspec.id == "http" else "https"
     given_fbp = NOW_FBP if NOW_FBP in headers.get("cookie", "") else None
-    fresh_pipe = pipeline(consent=consent_option)
-    fresh_pipe._outcome_memo_on = False  # every request through the full rules
-    expected = observed(raw_capture(fresh_pipe, headers, query, scheme), given_fbp)
-
+    # A pipeline's first request goes through the whole rule set; later ones with the same
+    # key may reuse its outcome. Each must see what a fresh pipeline sees.
+    expected = observed(
+        raw_capture(pipeline(consent=consent_option), headers, query, scheme), given_fbp
+    )
     pipe = pipeline(consent=consent_option)
-    first = observed(raw_capture(pipe, headers, query, scheme), given_fbp)
-    assert len(pipe._outcomes) == 1  # the first request's outcome is kept...
-    second = observed(raw_capture(pipe, headers, query, scheme), given_fbp)  # ...and reused
-    assert first == expected
-    assert second == expected
-    assert pipe.client.stats().requests == 2
+    for _ in range(3):
+        assert observed(raw_capture(pipe, headers, query, scheme), given_fbp) == expected
+    assert pipe.client.stats().requests == 3
 
 
 @pytest.mark.parametrize(
-    ("headers", "query"),
+    ("headers", "query", "click"),
     [
-        ({"cookie": RETURNING}, b"fbclid=NewClick"),
-        ({"cookie": RETURNING, "referer": "https://x.example/?fbclid=Ref"}, b""),
-        ({"cookie": "cookie_consent=accept; pad=" + "x" * 3000}, b""),
+        ({"cookie": RETURNING}, b"fbclid=NewClick", "NewClick"),
+        ({"cookie": RETURNING, "referer": "https://x.example/?fbclid=Ref"}, b"", "Ref"),
     ],
 )
-def test_requests_that_may_mint_a_click_are_never_reused(
-    headers: dict[str, str], query: bytes
+def test_a_request_with_a_click_id_mints_its_own_fbc_every_time(
+    headers: dict[str, str], query: bytes, click: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A reused outcome would hand back the visitor's old _fbc, or the first request's.
+    clock = [1_700_000_100.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
     pipe = pipeline(consent=None)
-    for _ in range(2):
-        raw_capture(pipe, headers, query, "https")
-    assert pipe._outcomes == {}
+    for _ in range(3):
+        ctx = raw_capture(pipe, headers, query, "https")
+        fbc = f".{int(clock[0] * 1000)}.{click}"
+        assert ctx.fbc is not None
+        assert ctx.fbc.endswith(fbc)
+        (set_fbc,) = [c for c in ctx.response_cookies.take() if c.startswith("_fbc=")]
+        assert set_fbc.split(";")[0].endswith(fbc)
+        clock[0] += 1.0
 
 
-def test_custom_policies_and_trusted_proxies_never_reuse_outcomes() -> None:
+def test_a_custom_policy_runs_on_every_request() -> None:
     calls: list[int] = []
 
     def mine(signals: Any) -> bool:
         calls.append(1)
         return True
 
-    for pipe in (pipeline(consent=mine), pipeline(consent=None, trusted_proxies=("10.0.0.0/8",))):
-        for _ in range(2):
-            raw_capture(pipe, {"cookie": RETURNING}, b"", "https")
-        assert pipe._outcomes == {}
-    assert len(calls) == 2  # a user's own policy runs on every request
+    pipe = pipeline(consent=mine)
+    for _ in range(2):
+        assert raw_capture(pipe, {"cookie": RETURNING}, b"", "https").consent.granted
+    assert len(calls) == 2  # a user's own policy may read anything: never a reused decision
+
+
+def test_behind_a_trusted_proxy_each_request_reads_its_own_forwarded_headers() -> None:
+    pipe = pipeline(consent=None, trusted_proxies=("8.8.8.8/32",))
+    for proto, ip in [("https", "1.2.3.4"), ("http", "5.6.7.8")] * 2:  # the same Cookie and Host
+        forwarded = {"x-forwarded-proto": proto, "x-forwarded-for": ip}
+        ctx = raw_capture(pipe, {"cookie": RETURNING, **forwarded}, b"", "https")
+        assert (ctx.secure, ctx.client_ip) == (proto == "https", ip)
+        assert ctx.event_source_url == f"{proto}://www.example.com/shop"

@@ -30,6 +30,7 @@ from capi_middleware.testing.fake import FAKE_PIXEL_ID, FakeGraphAPI
 EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
 APP_SECRET = "app-secret-never-logged"
 WAIT = 10.0
+SENDER_THREAD = "capi-middleware-sender"  # the worker's name, as thread dumps show it
 
 
 def make_event(
@@ -561,15 +562,14 @@ def test_flush_close_and_submit_after_close(
     fake_graph: FakeGraphAPI,
     make_sender: Callable[..., Sender],
 ) -> None:
+    running = set(threading.enumerate())
     sender = make_sender(flush_interval=30.0)  # only flush/close sends the partial batch
     ids = submit_all(sender, 7)
+    (worker,) = [t for t in set(threading.enumerate()) - running if t.name == SENDER_THREAD]
+    assert worker.daemon
     assert sender.close(WAIT) is True
     assert_exactly_once(fake_graph, ids)
-    worker = sender._thread
-    assert worker is not None
     assert not worker.is_alive()
-    assert worker.daemon
-    assert worker.name == "capi-middleware-sender"
     late = sender.submit(make_event())
     assert not late.ok
     assert late.reason == "closed"

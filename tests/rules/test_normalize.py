@@ -1172,3 +1172,48 @@ def test_country_names_in_german_french_and_spanish(name: str, code: str) -> Non
 def test_country_names_hash_as_their_code() -> None:
     result = normalize_user_data({"country": ["Vereinigte Staaten", "Estados Unidos", "us"]})
     assert result.data == {"country": [US_HASH]}
+
+
+def test_country_names_answer_alike_in_any_order_and_from_any_thread() -> None:
+    # A fresh process, so the names load as these lookups need them: each answer must be the one
+    # the tables above expect, whatever was looked up first and from however many threads.
+    script = (
+        "import sys, threading\n"
+        "from capi_middleware.normalize import normalize_country\n"
+        "names = sys.argv[1].split('|')\n"
+        "expected = sys.argv[2].split('|')\n"
+        "answers = {}\n"
+        "def look(start):\n"
+        "    for i in range(len(names)):\n"
+        "        j = (start + i) % len(names)\n"
+        "        answers.setdefault(j, set()).add(normalize_country(names[j]))\n"
+        "threads = [threading.Thread(target=look, args=(k,)) for k in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "got = [answers[j] for j in range(len(names))]\n"
+        "assert got == [{e or None} for e in expected], (got, expected)\n"
+    )
+    pairs = [
+        ("Kongo", "cg"),  # Polish (CG) before Norwegian (CD), whichever is asked first
+        ("Narnia", ""),
+        ("Deutschland", "de"),
+        ("Vereinigte Staaten", "us"),
+        ("Corée du Sud", "kr"),
+        ("Rusia", "ru"),
+        ("Germany", "de"),
+        ("DEU", "de"),
+        ("us", "us"),
+        ("Ivory Coast", "ci"),
+    ]
+    for ordered in (pairs, pairs[::-1]):
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                "|".join(n for n, _ in ordered),
+                "|".join(c for _, c in ordered),
+            ],
+            check=True,
+            timeout=120,
+        )

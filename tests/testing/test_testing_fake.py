@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from capi_middleware.config import CAPIConfig
-from capi_middleware.testing.fake import (
+from capi_middleware.testing import (
     FAKE_ACCESS_TOKEN,
     FAKE_PIXEL_ID,
     FakeGraphAPI,
