@@ -24,7 +24,6 @@ from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import Sender
 from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
-from capi_middleware.testing.fake import fake_graph as fake_graph
 
 WAIT = 10.0
 EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()

@@ -15,7 +15,6 @@ import sqlite3
 import stat
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,6 @@ from capi_middleware.wsgi import CAPIWSGIMiddleware
 
 WAIT = 10.0
 EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as server:
-        yield server
 
 
 def _event() -> dict[str, Any]:
