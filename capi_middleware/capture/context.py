@@ -346,6 +346,10 @@ class RequestContext:
             )
         try:
             if self._error is not None:
+                # The pixel call still gets the event's parameters (TrackResult.fbq).
+                pixel, pixel_problems = event_rules.map_custom_data(
+                    {**(custom_data or {}), **custom_data_fields}
+                )
                 return TrackResult(
                     event_id=event_id or event_rules.new_event_id(),
                     status="error",
@@ -353,6 +357,7 @@ class RequestContext:
                     event_name=event_rules.map_event_name(event_name)
                     if isinstance(event_name, str)
                     else "",
+                    custom_data={} if any(p.fatal for p in pixel_problems) else pixel,
                 )
             codec = client.enhancement
             remembered = self.remembered() if codec is not None else None
