@@ -346,10 +346,6 @@ class RequestContext:
             )
         try:
             if self._error is not None:
-                # The pixel call still gets the event's parameters (TrackResult.fbq).
-                pixel, pixel_problems = event_rules.map_custom_data(
-                    {**(custom_data or {}), **custom_data_fields}
-                )
                 return TrackResult(
                     event_id=event_id or event_rules.new_event_id(),
                     status="error",
@@ -357,7 +353,8 @@ class RequestContext:
                     event_name=event_rules.map_event_name(event_name)
                     if isinstance(event_name, str)
                     else "",
-                    custom_data={} if any(p.fatal for p in pixel_problems) else pixel,
+                    # The pixel call still gets the event's parameters (TrackResult.fbq).
+                    pixel_data={**(custom_data or {}), **custom_data_fields},
                 )
             codec = client.enhancement
             remembered = self.remembered() if codec is not None else None
