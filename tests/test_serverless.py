@@ -39,12 +39,6 @@ BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/60
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as server:
-        yield server
-
-
-@pytest.fixture
 def event_loop_for_mangum() -> Iterator[None]:
     """Mangum runs each invocation on the thread's event loop; one per test, closed after."""
     loop = asyncio.new_event_loop()
