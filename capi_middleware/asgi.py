@@ -22,7 +22,7 @@ from capi_middleware.capture.pipeline import (
     cookies_not_set_by_app,
     is_shared_cacheable,
 )
-from capi_middleware.client import CAPIClient, log_internal_error, usable_client
+from capi_middleware.client import CAPIClient, RequestEvents, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
 
@@ -88,6 +88,8 @@ class CAPIMiddleware:
         # Without the enhancement cookie, cookies are known when capture ends: a request that
         # sets none needs no send wrapper at all.
         self._cookies_only_at_capture = config.enhancement_secret is None
+        # serverless: each request's events are delivered before its call returns.
+        self._serverless = config.serverless
 
     def __repr__(self) -> str:
         return f"CAPIMiddleware(app={self.app!r}, config={self.config!r})"
@@ -106,6 +108,8 @@ class CAPIMiddleware:
         ctx = self._capture(scope)
         token = activate(ctx)
         try:
+            if self._serverless:
+                return await self._serverless_call(ctx, scope, receive, send)
             if not ctx.response_cookies and self._cookies_only_at_capture:
                 return await self.app(scope, receive, send)
 
@@ -117,6 +121,33 @@ class CAPIMiddleware:
             return await self.app(scope, receive, send_with_cookies)
         finally:
             deactivate(token)
+
+    async def _serverless_call(
+        self, ctx: RequestContext, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The app call with ``serverless``: the request's events are delivered before it ends.
+
+        Before the response's last body message goes out (Cloud Run gives CPU only until the
+        response is complete), and again when the app returns (for events tracked after the
+        response, e.g. in a background task), each time only when events were queued.
+        """
+        events = self.client.request_events()
+        assert events is not None  # the client is serverless
+
+        async def send_then_deliver(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                message = _with_cookies(ctx, message, self._pipeline)
+            elif kind == "http.response.body" and events.queued and not message.get("more_body"):
+                await _deliver(events)
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, send_then_deliver)
+        finally:
+            events.leave()
+            if events.queued:
+                await _deliver(events)
 
     # -- capture ----------------------------------------------------------------------------
 
@@ -219,6 +250,20 @@ class CAPIMiddleware:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.client.stats()
 
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.client.match_quality()
+
+
+async def _deliver(events: RequestEvents) -> None:
+    """`RequestEvents.deliver` off the event loop, even when the request is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await anyio.to_thread.run_sync(events.deliver)
+        except Exception as exc:
+            log_internal_error("serverless delivery", exc)
+
 
 def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     """An ASGI header list as lowercase name -> value, each name once, for `capture_raw`.
@@ -231,7 +276,7 @@ def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, b
     it) is taken as the sign of a server that lowercases every name, as ASGI asks and uvicorn,
     hypercorn, daphne and granian do; without it every name is checked. A server that kept a
     client's case shows it on Host too (browsers, curl and HTTP libraries send ``Host``). The
-    full check costs about 4,000 instructions, a seventh of capture on a memoized request.
+    full check would cost a seventh of capture on a memoized request (docs/overhead.md).
     """
     if not isinstance(raw_headers, (list, tuple)):
         raw_headers = list(raw_headers)

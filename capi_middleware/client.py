@@ -9,6 +9,8 @@ arrows point from capture to the client, never back.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 import threading
@@ -23,7 +25,7 @@ from capi_middleware.config import CAPIConfig
 from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
-from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
+from capi_middleware.results import CaptureStats, MatchQuality, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
 from capi_middleware.rules.describe import describe_event
@@ -33,7 +35,14 @@ from capi_middleware.visitor import Visitor
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
 
-__all__ = ["CAPIClient", "MatchSource", "client_for", "log_internal_error", "usable_client"]
+__all__ = [
+    "CAPIClient",
+    "MatchSource",
+    "RequestEvents",
+    "client_for",
+    "log_internal_error",
+    "usable_client",
+]
 
 logger = logging.getLogger("capi_middleware")
 
@@ -104,19 +113,20 @@ class CAPIClient:
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._invalid: Counter[str] = Counter()
+        self._match_quality = MatchQuality()
         self._sender: Sender | None = None
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
         self.config_error: str | None = None
         if config.test_event_code:
             logger.warning(
-                "capi_middleware: test_event_code is set; events go to Test Events only "
-                "(remove it in production)"
+                "capi_middleware: test_event_code [META_TEST_EVENT_CODE] is set; events go to "
+                "Test Events only (remove it in production)"
             )
         if not config.destinations() and not config.dry_run:
             logger.warning(
-                "capi_middleware: no pixel_id/access_token configured; events will be dropped "
-                "(set META_PIXEL_ID and META_ACCESS_TOKEN, or dry_run=True)"
+                "capi_middleware: no pixel_id [META_PIXEL_ID] / access_token [META_ACCESS_TOKEN] "
+                "configured; events will be dropped (set both, or dry_run=True [META_DRY_RUN])"
             )
 
     @classmethod
@@ -170,7 +180,17 @@ class CAPIClient:
             track_errors=counts.get("track_errors", 0),
             dry_run=counts.get("dry_run", 0),
             delivery=sender.stats() if sender is not None else None,
+            match_keys=self._match_quality.counts(),
         )
+
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """What Meta can match this client's events on, per event name (docs/match-quality.md).
+
+        ``{"Purchase": {"events": 120, "keys": {"em": 0.98, "ph": 0.41, ...}, "dropped":
+        {"ph": {"no country code": 7}}}}``: the events sent (queued, or built under
+        ``dry_run``), the share carrying each match key, and the values dropped per key and why.
+        """
+        return self._match_quality.report()
 
     # -- tracking ---------------------------------------------------------------------------
 
@@ -376,6 +396,7 @@ class CAPIClient:
             )
             if config.dry_run == "debug":
                 _print_dry_run(event.to_dict())
+            self._match_quality.record(event.event_name, event.user_data, built.problems)
             return TrackResult(status="dry_run", **result_args), event.user_data
 
         sender = self.sender()
@@ -385,14 +406,21 @@ class CAPIClient:
             event_id=event.event_id,
             event_time=event.event_time,
             action_source=event.action_source,
-            durable=config.durable if durable is None else durable,
+            # Serverless: committed to a durable outbox before track() returns.
+            durable=(config.durable or config.serverless) if durable is None else durable,
         )
+        if config.serverless and outcome.accepted > 0:
+            scope = _request_events.get()
+            if scope is not None:
+                scope.queued += 1
         if outcome.dropped or outcome.accepted == 0:
             # Queue full, sender closed or no pixel configured: counted by the sender too.
             reason = outcome.reason or "unknown"
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
+        if outcome.accepted > 0:
+            self._match_quality.record(event.event_name, event.user_data, built.problems)
         return TrackResult(status=status, **result_args), event.user_data
 
     # -- the sender -------------------------------------------------------------------------
@@ -414,6 +442,20 @@ class CAPIClient:
         """Wait until every tracked event is delivered or given up on; True when all were."""
         sender = self._sender
         return True if sender is None else sender.flush(timeout)
+
+    # -- serverless: each request's events delivered before its call returns --------------
+
+    def request_events(self) -> RequestEvents | None:
+        """With ``serverless``, start counting the events the current request queues.
+
+        Adapters call it before the app and `RequestEvents.finish` after it; None when the
+        client is not serverless (nothing to do, nothing paid).
+        """
+        if not self.config.serverless:
+            return None
+        scope = RequestEvents(self)
+        scope.token = _request_events.set(scope)
+        return scope
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush and stop the sender; a later track() obtains a fresh one."""
@@ -450,6 +492,61 @@ def usable_client(
         return client_for(owner, client, config, options)
     except (TypeError, ValueError) as exc:
         return CAPIClient.disabled(str(exc))
+
+
+class RequestEvents:
+    """The events one request queued, with ``serverless``: delivered before the request ends.
+
+    ``queued`` counts them (a mutable box in a context variable, so a sync endpoint that runs in
+    a worker thread with a copy of the context still counts here).
+    """
+
+    __slots__ = ("client", "queued", "token")
+
+    def __init__(self, client: CAPIClient) -> None:
+        self.client = client
+        self.queued = 0
+        self.token: contextvars.Token[RequestEvents | None] | None = None
+
+    def leave(self) -> None:
+        """Stop counting (call in the context `CAPIClient.request_events` was called in)."""
+        token, self.token = self.token, None
+        if token is not None:
+            # Not the context it was set in (ValueError): the counting just goes on there.
+            with contextlib.suppress(ValueError):
+                _request_events.reset(token)
+
+    def deliver(self) -> bool:
+        """Block until the events counted so far are delivered or given up on, or the timeout.
+
+        Nothing when none were queued. Flushing sends at once, without waiting for a fuller
+        batch: one round trip for all of them (and for any other request's queued meanwhile).
+        True when nothing is left; what is left after ``serverless_timeout`` stays queued (and
+        in the outbox, if there is one). Never raises.
+        """
+        queued, self.queued = self.queued, 0
+        if not queued:
+            return True
+        client = self.client
+        timeout = client.config.serverless_timeout
+        try:
+            delivered = client.flush(timeout)
+        except Exception as exc:
+            log_internal_error("serverless delivery", exc)
+            return False
+        if not delivered:
+            logger.warning(
+                "capi_middleware: serverless: event(s) not delivered within "
+                "serverless_timeout=%ss; they stay queued%s",
+                timeout,
+                " in the outbox" if client.config.outbox else " in memory",
+            )
+        return delivered
+
+
+_request_events: contextvars.ContextVar[RequestEvents | None] = contextvars.ContextVar(
+    "capi_middleware_request_events", default=None
+)
 
 
 def client_for(

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from http.cookies import SimpleCookie
 from typing import Any
 
+import anyio.to_thread
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.apps import AppConfig
 from django.conf import settings
@@ -184,21 +185,30 @@ class CAPIDjangoMiddleware:
             return self.__acall__(request)
         ctx = self._capture(request)
         token = activate(ctx)
+        events = self.pipeline.client.request_events()  # None unless serverless
         try:
             response = self.get_response(request)
         finally:
             deactivate(token)
+            if events is not None:
+                events.leave()
+                events.deliver()  # serverless: before the response is handed back
         self._set_cookies(ctx, response)
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         ctx = self._capture(request)
         token = activate(ctx)
+        events = self.pipeline.client.request_events()  # None unless serverless
         try:
             get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
             response = await get_response(request)
         finally:
             deactivate(token)
+            if events is not None:
+                events.leave()
+                if events.queued:  # serverless: off the event loop, before the response
+                    await anyio.to_thread.run_sync(events.deliver)
         self._set_cookies(ctx, response)
         return response
 
@@ -242,6 +252,11 @@ class CAPIDjangoMiddleware:
     def stats(self) -> CaptureStats:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.pipeline.client.stats()
+
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.pipeline.client.match_quality()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until queued events are delivered or given up on."""

@@ -86,6 +86,7 @@ class CAPIWSGIMiddleware:
         self._pipeline = CapturePipeline(client)
         # With a durable outbox the sender starts before any track() (see the class docstring).
         self._sender_due = bool(config.outbox) and not config.dry_run
+        self._serverless = config.serverless
 
     def __repr__(self) -> str:
         return f"CAPIWSGIMiddleware(app={self.app!r}, config={self.config!r})"
@@ -117,10 +118,17 @@ class CAPIWSGIMiddleware:
             return start_response(status, headers, exc_info)
 
         token = activate(ctx)
+        events = self.client.request_events() if self._serverless else None
         try:
             return self.app(environ, start_response_with_cookies)
         finally:
             deactivate(token)
+            if events is not None:
+                # serverless: the events the app tracked are delivered before the server
+                # writes the body (and before a Lambda/Cloud Run request ends). Events tracked
+                # while a streamed body is iterated are not waited for.
+                events.leave()
+                events.deliver()
 
     def _pass_through(
         self, environ: dict[str, Any], start_response: StartResponse
@@ -165,6 +173,11 @@ class CAPIWSGIMiddleware:
     def stats(self) -> CaptureStats:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.client.stats()
+
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.client.match_quality()
 
 
 def _cookies_for(ctx: RequestContext, headers: Iterable[tuple[str, str]]) -> list[str]:

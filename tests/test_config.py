@@ -177,5 +177,7 @@ def test_a_test_event_code_is_warned_about_at_start(
     cls = CAPIMiddleware if adapter == "asgi" else CAPIWSGIMiddleware
     with caplog.at_level("WARNING", logger="capi_middleware"):
         cls(lambda *a: None, pixel_id="1", access_token=TOKEN, test_event_code="TEST1")
-    assert any("test_event_code is set" in r.getMessage() for r in caplog.records)
+    assert any(
+        "test_event_code [META_TEST_EVENT_CODE] is set" in r.getMessage() for r in caplog.records
+    )
     assert all(TOKEN not in r.getMessage() for r in caplog.records)

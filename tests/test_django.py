@@ -168,3 +168,23 @@ def test_env_vars_fill_what_settings_leave_out(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("META_ACCESS_TOKEN", "env-token")
     with override_settings(CAPI={"consent": True}):
         assert get_pipeline().config.pixel_id == "777"
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_serverless_delivers_before_the_response_is_handed_back(mode: str) -> None:
+    from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+
+    with FakeGraphAPI() as fake:
+        capi = {
+            "consent": True,
+            "serverless": True,
+            "pixel_id": FAKE_PIXEL_ID,
+            "access_token": FAKE_ACCESS_TOKEN,
+            "graph_url": fake.url,
+            "flush_interval": 30.0,  # only the serverless delivery sends within the test
+        }
+        response = GET[mode](capi, "/buy")
+        assert response.status_code == 200
+        assert fake.event_ids == [response.json()["event_id"]]  # already there
+        with override_settings(CAPI=capi):
+            assert get_pipeline().client.close(5.0)

@@ -90,7 +90,9 @@ def test_sigterm_flushes_the_queued_purchase(server: str, fake: FakeGraphAPI) ->
     try:
         wait_until_serving(f"{base}/landing", proc, logs=lambda: proc.communicate()[1])
         fake.down = True  # Meta unreachable: the Purchase has to wait in the queue
-        with httpx.Client(base_url=base, headers={"user-agent": "Mozilla/5.0 ServerMatrix/1.0"}) as c:
+        with httpx.Client(
+            base_url=base, headers={"user-agent": "Mozilla/5.0 ServerMatrix/1.0"}
+        ) as c:
             landing = c.get(f"/landing?fbclid={FBCLID}").json()
             bought = c.post("/buy").json()
             fbc = c.cookies.get("_fbc")

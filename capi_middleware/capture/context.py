@@ -20,8 +20,8 @@ from capi_middleware.consent.policies import ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.results import TrackResult
 from capi_middleware.rules import client_ip as client_ip_rules
-from capi_middleware.rules import cookies as cookie_rules
 from capi_middleware.rules import events as event_rules
+from capi_middleware.rules.cookie_header import parse_cookie_header
 from capi_middleware.rules.enhancement import Remembered, remembered_from_user_data
 from capi_middleware.rules.page_url import (
     build_page_url,
@@ -284,7 +284,7 @@ class RequestContext:
         cookies = self._cookies
         if cookies is None:
             header = self._cookie_header
-            parsed = cookie_rules.parse_cookie_header(header) if header else {}
+            parsed = parse_cookie_header(header) if header else {}
             cookies = self._cookies = MappingProxyType(parsed)
         return cookies
 
@@ -346,6 +346,10 @@ class RequestContext:
             )
         try:
             if self._error is not None:
+                # The pixel call still gets the event's parameters (TrackResult.fbq).
+                pixel, pixel_problems = event_rules.map_custom_data(
+                    {**(custom_data or {}), **custom_data_fields}
+                )
                 return TrackResult(
                     event_id=event_id or event_rules.new_event_id(),
                     status="error",
@@ -353,6 +357,7 @@ class RequestContext:
                     event_name=event_rules.map_event_name(event_name)
                     if isinstance(event_name, str)
                     else "",
+                    custom_data={} if any(p.fatal for p in pixel_problems) else pixel,
                 )
             codec = client.enhancement
             remembered = self.remembered() if codec is not None else None

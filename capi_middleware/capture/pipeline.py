@@ -29,6 +29,8 @@ from capi_middleware.consent.policies import (
 )
 from capi_middleware.rules import client_ip as client_ip_rules
 from capi_middleware.rules import cookies as cookie_rules
+from capi_middleware.rules.cookie_domain import cookie_domain_for
+from capi_middleware.rules.cookie_header import find_cookies, parse_cookie_header
 from capi_middleware.rules.page_url import (
     DEFAULT_PORTS,
     MAX_HOST_CHARS,
@@ -53,9 +55,9 @@ _COOKIE_MEMO_SIZE = 1024
 _OUTCOME_MEMO_SIZE = 2048
 _COOKIE_MEMO_MAX_CHARS = 2048
 
-# From this Cookie header length on, capture searches it for the cookies it reads instead of
-# parsing it whole (about 10 cookies; measured: 4 cookies parse in 1.3 µs and are found in 2.7,
-# 25 cookies parse in 8.8 µs and are found in 5.1).
+# From this Cookie header length on (about 10 cookies), capture searches it for the cookies it
+# reads instead of parsing it whole: cheaper for a long header, dearer for a short one
+# (bench/overhead.py has both shapes; docs/overhead.md the figures).
 _SEARCH_COOKIES_FROM_CHARS = 400
 
 
@@ -473,7 +475,7 @@ class CapturePipeline:
         host = ctx.page_host() if names else None
         if host is not None:
             # The Domain they were set with, or the browser keeps them.
-            domain = cookie_rules.cookie_domain_for(hostname(host), self._cookie_domain)
+            domain = cookie_domain_for(hostname(host), self._cookie_domain)
             attributes = cookie_rules.set_cookie_attributes(domain, secure, max_age=0)
             values.extend(f"{name}={attributes}" for name in names)
         codec = self.client.enhancement
@@ -539,9 +541,9 @@ class CapturePipeline:
                 cookies: Mapping[str, str] | None = None
                 found: Mapping[str, str] | None = None
                 if len(header) > _SEARCH_COOKIES_FROM_CHARS:
-                    found = cookie_rules.find_cookies(header, self._wanted_cookies)
+                    found = find_cookies(header, self._wanted_cookies)
                 if found is None:
-                    found = cookies = MappingProxyType(cookie_rules.parse_cookie_header(header))
+                    found = cookies = MappingProxyType(parse_cookie_header(header))
                 facts = _CookieFacts(
                     cookies=cookies,
                     consent=tuple(map(found.get, self._consent_cookies)),

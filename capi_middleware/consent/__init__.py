@@ -7,25 +7,24 @@ tests/test_exported_members.py; the machinery that evaluates a policy is interna
 
 from __future__ import annotations
 
-from capi_middleware.consent.policies import (
+from capi_middleware.consent.decision import (
     DENIED,
     GRANTED,
     ConsentDecision,
     ConsentPolicy,
     ConsentSignals,
-    TCString,
+)
+from capi_middleware.consent.policies import (
     all_of,
     always_denied,
     always_granted,
     any_of,
     default_policy,
     first_of,
-    google_consent_mode,
     gpc_ldu,
-    parse_tc_string,
-    site_cookie,
-    tcf_v2,
 )
+from capi_middleware.consent.readers import google_consent_mode, site_cookie, tcf_v2
+from capi_middleware.rules.tcf import TCString, parse_tc_string
 
 __all__ = [
     "DENIED",

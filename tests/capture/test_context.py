@@ -19,6 +19,7 @@ from capi_middleware.capture.context import (
 from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
 from capi_middleware.client import CAPIClient
 from capi_middleware.config import CAPIConfig
+from capi_middleware.consent import site_cookie
 from capi_middleware.consent.policies import ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import sha256_hex
@@ -337,6 +338,11 @@ def test_failed_context_reports_error() -> None:
     result = ctx.track("Lead")
     assert result.status == "error"
     assert result.problems == (Problem("request", "capture failed (capture); see the log"),)
+    # The pixel call keeps the event's parameters, whatever the status (TrackResult.fbq).
+    purchase = ctx.track("purchase", value=5, currency="USD")
+    assert purchase.fbq().startswith(
+        'fbq(\'track\', "Purchase", {"value": 5, "currency": "USD"}, {"eventID": '
+    )
 
 
 def test_internal_error_in_track_is_reported_not_raised(
@@ -612,10 +618,8 @@ def observed(ctx: RequestContext, given_fbp: str | None) -> dict[str, Any]:
 def test_a_reused_outcome_is_the_same_as_a_fresh_capture(
     consent_option: Any, headers: dict[str, str], query: bytes, request: pytest.FixtureRequest
 ) -> None:
-    from capi_middleware.consent import policies as consent
-
     if consent_option == "site_cookie":
-        consent_option = consent.site_cookie("ok")
+        consent_option = site_cookie("ok")
     scheme = "http" if request.node.callspec.id == "http" else "https"
     given_fbp = NOW_FBP if NOW_FBP in headers.get("cookie", "") else None
     # A pipeline's first request goes through the whole rule set; later ones with the same

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from capi_middleware.consent.policies import (
+from capi_middleware.consent import (
     DENIED,
     GRANTED,
     ConsentDecision,
@@ -19,7 +19,6 @@ from capi_middleware.consent.policies import (
     always_granted,
     any_of,
     default_policy,
-    evaluate,
     first_of,
     google_consent_mode,
     gpc_ldu,
@@ -27,6 +26,7 @@ from capi_middleware.consent.policies import (
     site_cookie,
     tcf_v2,
 )
+from capi_middleware.consent.policies import evaluate
 
 
 @dataclass
