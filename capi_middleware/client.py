@@ -233,11 +233,10 @@ class CAPIClient:
                     raise CAPIValidationError([source])
                 self.count_invalid((source.field,))
                 return _result(event_id, "invalid", _name_of(event_name), (source,))
-            decision = source.consent
-            if not decision.granted:
+            if source.consent is _UNSTATED and self.config_error is None:
                 self.count("consent_denied")
-                problems = (_NO_BASIS,) if decision is _UNSTATED else ()
-                return _result(event_id, "denied", _name_of(event_name), problems)
+                return _result(event_id, "denied", _name_of(event_name), (_NO_BASIS,))
+            # Denied visitors go through track_from too: one way to say why.
             return self.track_from(
                 source,
                 event_name,
