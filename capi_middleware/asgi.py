@@ -250,6 +250,11 @@ class CAPIMiddleware:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.client.stats()
 
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.client.match_quality()
+
 
 async def _deliver(events: RequestEvents) -> None:
     """`RequestEvents.deliver` off the event loop, even when the request is being cancelled."""
@@ -271,7 +276,7 @@ def asgi_header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, b
     it) is taken as the sign of a server that lowercases every name, as ASGI asks and uvicorn,
     hypercorn, daphne and granian do; without it every name is checked. A server that kept a
     client's case shows it on Host too (browsers, curl and HTTP libraries send ``Host``). The
-    full check costs about 4,000 instructions, a seventh of capture on a memoized request.
+    full check would cost a seventh of capture on a memoized request (docs/overhead.md).
     """
     if not isinstance(raw_headers, (list, tuple)):
         raw_headers = list(raw_headers)

@@ -25,7 +25,7 @@ from capi_middleware.config import CAPIConfig
 from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
-from capi_middleware.results import CaptureStats, TrackResult, TrackStatus
+from capi_middleware.results import CaptureStats, MatchQuality, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 from capi_middleware.rules.custom_data import map_custom_data
 from capi_middleware.rules.describe import describe_event
@@ -113,6 +113,7 @@ class CAPIClient:
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._invalid: Counter[str] = Counter()
+        self._match_quality = MatchQuality()
         self._sender: Sender | None = None
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
@@ -179,7 +180,17 @@ class CAPIClient:
             track_errors=counts.get("track_errors", 0),
             dry_run=counts.get("dry_run", 0),
             delivery=sender.stats() if sender is not None else None,
+            match_keys=self._match_quality.counts(),
         )
+
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """What Meta can match this client's events on, per event name (docs/match-quality.md).
+
+        ``{"Purchase": {"events": 120, "keys": {"em": 0.98, "ph": 0.41, ...}, "dropped":
+        {"ph": {"no country code": 7}}}}``: the events sent (queued, or built under
+        ``dry_run``), the share carrying each match key, and the values dropped per key and why.
+        """
+        return self._match_quality.report()
 
     # -- tracking ---------------------------------------------------------------------------
 
@@ -385,6 +396,7 @@ class CAPIClient:
             )
             if config.dry_run == "debug":
                 _print_dry_run(event.to_dict())
+            self._match_quality.record(event.event_name, event.user_data, built.problems)
             return TrackResult(status="dry_run", **result_args), event.user_data
 
         sender = self.sender()
@@ -407,6 +419,8 @@ class CAPIClient:
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
             result_args["problems"] = (*built.problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
+        if outcome.accepted > 0:
+            self._match_quality.record(event.event_name, event.user_data, built.problems)
         return TrackResult(status=status, **result_args), event.user_data
 
     # -- the sender -------------------------------------------------------------------------

@@ -131,7 +131,8 @@ async def checkout(request: Request) -> Response:
         currency="USD",
         contents=[{"id": sku, "quantity": 1, "item_price": item["price"]}],
         content_type="product",
-        user_data={"email": str(form.get("email", "")), "phone": str(form.get("phone", ""))},
+        # An empty form field is no value: None leaves the key out instead of reporting a drop.
+        user_data={"email": form.get("email") or None, "phone": form.get("phone") or None},
     )
     body = f"<h2>Thank you!</h2><p>Order for {html.escape(str(item['title']))} placed.</p>"
     return _page(request, "Thank you", body, result)
@@ -184,6 +185,26 @@ def describe_request(pixel_id: str, body: Mapping[str, Any], answer: Mapping[str
     return "\n".join(lines)
 
 
+def describe_match_quality(report: Mapping[str, Mapping[str, Any]]) -> str:
+    """The client's match-quality report, one line per event name (docs/match-quality.md)."""
+    lines = ["match quality (share of events carrying each key Meta matches on):"]
+    for name, entry in sorted(report.items()):
+        keys = ", ".join(f"{key} {share:.0%}" for key, share in entry["keys"].items() if share > 0)
+        missing = [key for key, share in entry["keys"].items() if share == 0]
+        line = f"  {name}: {entry['events']} event(s); {keys}"
+        if missing:
+            line += f"; never: {', '.join(missing)}"
+        drops = [
+            f"{key} {reason} x{count}"
+            for key, reasons in sorted(entry["dropped"].items())
+            for reason, count in sorted(reasons.items())
+        ]
+        if drops:
+            line += f"; dropped: {', '.join(drops)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -202,6 +223,9 @@ def run_demo(*, port: int = 8000, smoke: bool = False, out: TextIO | None = None
     def on_request(pixel_id: str, body: Mapping[str, Any], answer: Mapping[str, Any]) -> None:
         with lock:
             print(describe_request(pixel_id, body, answer), file=stream, flush=True)
+            names = [e.get("event_name") for e in body.get("data", []) if isinstance(e, dict)]
+            if "Purchase" in names:  # after a purchase: what Meta can match the events on
+                print(describe_match_quality(shop.match_quality()), file=stream, flush=True)
 
     fake = FakeGraphAPI(access_token=DEMO_TOKEN, on_request=on_request)
     fake.start()
@@ -266,6 +290,7 @@ def _smoke(url: str, shop: CAPIMiddleware, fake: Any, stream: TextIO) -> int:
         and purchases[0]["user_data"].get("fbc") == fbc
         and f'"eventID":"{purchases[0]["event_id"]}"' in buy.text.replace(" ", "")
     )
+    ok = ok and shop.match_quality().get("Purchase", {}).get("events") == 1
     verdict = "ok" if ok else "FAILED"
     print(f"\nsmoke: {verdict} (_fbc={fbc}, purchases={len(purchases)})", file=stream)
     return 0 if ok else 1

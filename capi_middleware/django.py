@@ -253,6 +253,11 @@ class CAPIDjangoMiddleware:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.pipeline.client.stats()
 
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.pipeline.client.match_quality()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Block until queued events are delivered or given up on."""
         return self.pipeline.client.flush(timeout)

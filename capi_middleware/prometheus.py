@@ -115,6 +115,35 @@ class CAPICollector:
             for name, count in sorted(stats.invalid.items()):
                 invalid.add_metric([name], count)
         yield invalid
+        yield from self._match_families(stats)
+
+    def _match_families(self, stats: CaptureStats | None) -> Iterator[Metric]:
+        """Match quality (docs/match-quality.md): shares are these counters' ratios."""
+        p = self._prefix
+        events = CounterMetricFamily(
+            p + "match_events", "Events sent, by event name.", labels=["event"]
+        )
+        keys = CounterMetricFamily(
+            p + "match_key_events",
+            "Events sent carrying a match key, by event name and key.",
+            labels=["event", "key"],
+        )
+        dropped = CounterMetricFamily(
+            p + "match_dropped_values",
+            "user_data values dropped, by event name, key and reason.",
+            labels=["event", "key", "reason"],
+        )
+        if stats is not None:
+            for name, counts in sorted(stats.match_keys.items()):
+                events.add_metric([name], counts["events"])
+                for key, count in sorted(counts["keys"].items()):
+                    keys.add_metric([name, key], count)
+                for key, reasons in sorted(counts["dropped"].items()):
+                    for reason, count in sorted(reasons.items()):
+                        dropped.add_metric([name, key, reason], count)
+        yield events
+        yield keys
+        yield dropped
 
     def _families(self, stats: DeliveryStats | None) -> Iterator[Metric]:
         p = self._prefix

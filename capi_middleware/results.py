@@ -1,20 +1,31 @@
-"""What ``track()`` returns and the counters a client keeps: plain values, no behaviour.
+"""What ``track()`` returns and what a client counts.
 
 A leaf module: `TrackResult` and `TrackStatus` are what every ``track()`` (a request's or a
-`CAPIClient`'s) returns; `CaptureStats` is what ``stats()`` reports.
+`CAPIClient`'s) returns; `CaptureStats` is what ``stats()`` reports; `MatchQuality` counts, per
+event name, the match keys of the events sent and the values dropped on the way
+(``client.match_quality()``, docs/match-quality.md).
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from capi_middleware.errors import Problem
 from capi_middleware.rules.pixel import render_fbq_track
 
-__all__ = ["CaptureStats", "TrackResult", "TrackStatus"]
+__all__ = [
+    "MATCH_KEYS",
+    "CaptureStats",
+    "MatchQuality",
+    "TrackResult",
+    "TrackStatus",
+    "describe_match_keys",
+]
 
 TrackStatus = Literal["queued", "denied", "invalid", "dropped", "dry_run", "error"]
 """What became of one ``track()`` call.
@@ -92,6 +103,8 @@ class CaptureStats:
         track_errors: ``track()`` calls that failed inside this package.
         dry_run: events built and logged without sending.
         delivery: the sender's stats, or None while no event was ever tracked.
+        match_keys: per event name, `MatchQuality.counts`: events sent, events carrying each
+            match key, values dropped per key and reason (what Prometheus exports).
     """
 
     requests: int
@@ -101,3 +114,114 @@ class CaptureStats:
     track_errors: int
     dry_run: int
     delivery: Any = None
+    match_keys: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+MATCH_KEYS = (
+    "em",
+    "ph",
+    "fn",
+    "ln",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "db",
+    "ge",
+    "external_id",
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+)
+"""The ``user_data`` keys Meta matches an event to a person on (META_CAPI_REFERENCE §3)."""
+
+_MATCH_KEY_SET = frozenset(MATCH_KEYS)
+
+
+def describe_match_keys(user_data: Mapping[str, Any], problems: Iterable[Problem]) -> str:
+    """One line for a person: the match keys an event carries, the ones it lacks, the drops.
+
+    ``match keys: em, ph, client_user_agent; missing: fn, ln, ...; dropped: ph (no country
+    code)``. Names and reasons only, never a value.
+    """
+    carried = [key for key in MATCH_KEYS if key in user_data]
+    missing = [key for key in MATCH_KEYS if key not in user_data]
+    drops = [
+        f"{key} ({reason})"
+        for problem in problems
+        if isinstance(key := getattr(problem, "key", None), str)
+        and isinstance(reason := getattr(problem, "reason", None), str)
+    ]
+    line = f"match keys: {', '.join(carried) or 'none'}; missing: {', '.join(missing) or 'none'}"
+    return line + (f"; dropped: {', '.join(drops)}" if drops else "")
+
+
+class MatchQuality:
+    """Counts, per event name, the match keys of the events sent and the values dropped.
+
+    `record` is called once per event that went out (queued, or built under ``dry_run``) with
+    the event's normalized ``user_data`` and its problems; a dropped value's problem names its
+    key and reason (`rules.drops.DroppedValue`). Thread-safe; bounded by the number of event
+    names, keys and reasons, all of which come from a fixed vocabulary or the app's own calls.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: Counter[str] = Counter()
+        self._keys: dict[str, Counter[str]] = {}
+        self._dropped: dict[str, dict[str, Counter[str]]] = {}
+
+    def record(
+        self, event_name: str, user_data: Mapping[str, Any], problems: Iterable[Problem]
+    ) -> None:
+        """Count one event sent: which match keys it carries, which values were dropped."""
+        carried = [key for key in user_data if key in _MATCH_KEY_SET]
+        drops = [
+            (key, reason)
+            for problem in problems
+            if isinstance(key := getattr(problem, "key", None), str)
+            and isinstance(reason := getattr(problem, "reason", None), str)
+        ]
+        with self._lock:
+            self._events[event_name] += 1
+            keys = self._keys.get(event_name)
+            if keys is None:
+                keys = self._keys[event_name] = Counter()
+            keys.update(carried)
+            if drops:
+                per_key = self._dropped.setdefault(event_name, {})
+                for key, reason in drops:
+                    per_key.setdefault(key, Counter())[reason] += 1
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Raw counts per event name: ``{"events": n, "keys": {key: n}, "dropped": {...}}``."""
+        with self._lock:
+            return {
+                name: {
+                    "events": events,
+                    "keys": dict(self._keys.get(name, {})),
+                    "dropped": {
+                        key: dict(reasons) for key, reasons in self._dropped.get(name, {}).items()
+                    },
+                }
+                for name, events in self._events.items()
+            }
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per event name: events sent, the share (0..1) carrying each match key, and drops.
+
+        ``{"Purchase": {"events": 120, "keys": {"em": 0.98, "ph": 0.41, ...},
+        "dropped": {"ph": {"no country code": 7}}}}``; every key of `MATCH_KEYS` is listed,
+        with 0.0 where no event carried it, so a missing key stands out.
+        """
+        report = {}
+        for name, counts in self.counts().items():
+            events = counts["events"]
+            carried = counts["keys"]
+            report[name] = {
+                "events": events,
+                "keys": {key: round(carried.get(key, 0) / events, 4) for key in MATCH_KEYS},
+                "dropped": counts["dropped"],
+            }
+        return report

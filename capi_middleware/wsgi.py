@@ -174,6 +174,11 @@ class CAPIWSGIMiddleware:
         """The middleware's counters and, once an event was tracked, the sender's stats."""
         return self.client.stats()
 
+    def match_quality(self) -> dict[str, dict[str, Any]]:
+        """Per event name, the match keys of the events sent and the values dropped (the
+        client's `CAPIClient.match_quality`)."""
+        return self.client.match_quality()
+
 
 def _cookies_for(ctx: RequestContext, headers: Iterable[tuple[str, str]]) -> list[str]:
     """The Set-Cookie values to add to this response head (none for a shared-cacheable one)."""

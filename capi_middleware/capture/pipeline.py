@@ -53,9 +53,9 @@ _COOKIE_MEMO_SIZE = 1024
 _OUTCOME_MEMO_SIZE = 2048
 _COOKIE_MEMO_MAX_CHARS = 2048
 
-# From this Cookie header length on, capture searches it for the cookies it reads instead of
-# parsing it whole (about 10 cookies; measured: 4 cookies parse in 1.3 µs and are found in 2.7,
-# 25 cookies parse in 8.8 µs and are found in 5.1).
+# From this Cookie header length on (about 10 cookies), capture searches it for the cookies it
+# reads instead of parsing it whole: cheaper for a long header, dearer for a short one
+# (bench/overhead.py has both shapes; docs/overhead.md the figures).
 _SEARCH_COOKIES_FROM_CHARS = 400
 
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from capi_middleware.cli.terminal import printable, redact
 from capi_middleware.config import CAPIConfig
+from capi_middleware.results import describe_match_keys
 
 __all__ = ["main"]
 
@@ -232,6 +233,8 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
         for problem in problems:
             kind = "error" if problem.fatal else "dropped"
             print(f"{label}: {kind}: {printable(problem)}", file=out)
+        if args.build and result.event is not None:
+            print(f"{label}: {describe_match_keys(result.event.user_data, problems)}", file=out)
         if not fatal:
             print(f"{label}: ok", file=out)
         problems_found += len(fatal)
@@ -310,6 +313,7 @@ def _send_test_event(args: argparse.Namespace, out: TextIO) -> int:
             if response.status_code != 200:
                 status = 1
     print(f"event_id: {result.event.event_id}", file=out)
+    print(describe_match_keys(result.event.user_data, result.problems), file=out)
     return status
 
 

@@ -23,7 +23,7 @@ from capi_middleware.delivery.redis_layout import (
     Keys,
     parse_books,
 )
-from capi_middleware.delivery.redis_store import connect, describe, prefix_of
+from capi_middleware.delivery.redis_link import connect, describe, prefix_of
 
 __all__ = ["run_redis_outbox"]
 

@@ -16,7 +16,7 @@ __all__ = ["MemoryStore"]
 # not an object: CPython's cyclic garbage collector stops tracking such a tuple after its first
 # collection (exact tuples of untracked items only; a NamedTuple subclass stays tracked), so a
 # backlog of 100,000 events (an outage) adds nothing to every later full collection, which
-# pauses every request of the process (measured: 30 ms -> 5 ms per full collection).
+# pauses every request of the process (docs/delivery.md has the measurement).
 # `claim` builds the StoredEvent objects of the batch it hands out.
 _Row = tuple[str, bytes, str, int, str, int, float, float]
 

@@ -173,6 +173,11 @@ def test_check_build_mode_reports_dropped_values_without_raw_data(
     assert "dropped" in out
     assert "not-an-email@" not in out
     assert "event[0]: ok" in out
+    # The match keys the event carries, the ones it lacks, and the drop, by name only.
+    assert (
+        "event[0]: match keys: ph, client_user_agent; missing: em, fn, ln, ct, st, zp, country, "
+        "db, ge, external_id, client_ip_address, fbc, fbp; dropped: em (not an email)"
+    ) in out
 
 
 def test_check_reads_stdin_and_rejects_junk() -> None:
@@ -201,4 +206,8 @@ def test_demo_smoke_runs_the_whole_flow() -> None:
     assert "Purchase" in proc.stdout
     assert "em=62a14e44f7…" in proc.stdout  # hashed values shortened
     assert "Meta (fake)" in proc.stdout
+    # After the purchase, the match-quality report (issue 14): which keys the events carry.
+    assert "  Purchase: 1 event(s); em 100%, client_user_agent 100%, fbc 100%, fbp 100%" in (
+        proc.stdout
+    )
     assert "demo-access-token" not in proc.stdout + proc.stderr
