@@ -5,7 +5,8 @@ Every answer falls in exactly one class:
 - ``delivered``: HTTP 200 whose ``events_received`` equals the number of events sent.
 - ``transient``: network errors, timeouts, HTTP 5xx and 408, ``code`` 1 or 2, ``is_transient``,
   and every odd answer (an HTML 502 page, an empty or non-JSON 200, ``events_received`` that does
-  not match): retry the same bytes with backoff.
+  not match, a JSON answer that cannot be parsed, however deeply nested): retry the same bytes
+  with backoff. The verdict's message gives the answer's size, never its content.
 - ``rate_limited``: HTTP 429 or ``code`` 4, 17, 32, 341, 613, 80000-80014: pause the whole sender,
   honour ``Retry-After``, keep the events.
 - ``bad_config``: ``code`` 190 (token), 10 and 200-299 (permissions), 100 with subcode 33 (no such
@@ -109,11 +110,18 @@ def _as_int(value: object) -> int | None:
     return None
 
 
+_UNPARSEABLE = object()  # an answer that claims to be JSON and cannot be parsed
+
+
 def _parse_json(body: bytes) -> Any:
+    """The answer's JSON; None for a body that is not JSON at all (an HTML page, plain text),
+    `_UNPARSEABLE` for one that looks like JSON and cannot be read."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        # Deeply nested JSON (``[[[[...``) exhausts the parser's recursion: one more unreadable
+        # answer, never an exception out of the sender's round (issue 10).
+        return _UNPARSEABLE if body.lstrip()[:1] in (b"{", b"[") else None
 
 
 def classify_answer(status: int, headers: Mapping[str, str], body: bytes, *, sent: int) -> Verdict:
@@ -124,11 +132,27 @@ def classify_answer(status: int, headers: Mapping[str, str], body: bytes, *, sen
     """
     retry_after = parse_retry_after(headers.get("retry-after"))
     doc = _parse_json(body) if body else None
+    if doc is _UNPARSEABLE:
+        if status == 429:
+            return Verdict("rate_limited", "http_429", status, retry_after=retry_after)
+        # Whatever the status, nothing in it says which event (if any) is at fault: retry.
+        return Verdict(
+            "transient",
+            "unparseable",
+            status,
+            message=f"unparseable JSON answer of {len(body)} bytes",
+            retry_after=retry_after,
+        )
     error = doc.get("error") if isinstance(doc, dict) else None
     if status == 200 and not isinstance(error, dict):
         if not isinstance(doc, dict):
             # An empty or non-JSON 200 (a proxy, a captive portal) says nothing about delivery.
-            return Verdict("transient", "odd_answer", status, message="200 without a JSON body")
+            return Verdict(
+                "transient",
+                "odd_answer",
+                status,
+                message=f"200 without a JSON body ({len(body)} bytes)",
+            )
         received = doc.get("events_received")
         trace = doc.get("fbtrace_id") if isinstance(doc.get("fbtrace_id"), str) else None
         if _as_int(received) != sent:

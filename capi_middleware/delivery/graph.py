@@ -1,13 +1,18 @@
 """The Graph API client: one pooled ``httpx.Client``, one ``POST /{pixel_id}/events`` per batch.
 
 The body is spliced from the stored payload bytes, so a retry sends exactly the bytes (and the
-event_ids) of the first attempt. The token travels in the JSON body, never in the URL (httpx logs
+event_ids) of the first attempt. Each request has one deadline, ``config.timeout`` from its start,
+and its answer is read up to `MAX_ANSWER_BYTES` (Graph's answers are a few hundred bytes): a
+server that drips its answer or sends a huge one holds the only sender thread no longer than
+that, and the batch is retried like any other transient failure (issue 10).
+The token travels in the JSON body, never in the URL (httpx logs
 full URLs), and any echo of it or of the app secret in Meta's message is redacted.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -16,11 +21,20 @@ from capi_middleware.config import CAPIConfig, Destination
 from capi_middleware.delivery.classify import Verdict, classify_answer, classify_exception
 from capi_middleware.rules.request_body import build_request_body, encode_json
 
-__all__ = ["GraphClient", "redact"]
+__all__ = ["MAX_ANSWER_BYTES", "GraphClient", "redact"]
 
 logger = logging.getLogger("capi_middleware.delivery")
 
 _USER_AGENT = "capi-middleware"
+MAX_ANSWER_BYTES = 256 * 1024  # Graph answers in well under 1 KiB; an error page in a few KiB
+
+
+class _AnswerRefused(Exception):
+    """The answer broke the request's deadline or size cap; ``verdict`` says which."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.reason)
+        self.verdict = verdict
 
 
 def redact(text: str, destination: Destination) -> str:
@@ -75,19 +89,29 @@ class GraphClient:
     def send(self, destination: Destination, payloads: Sequence[bytes]) -> Verdict:
         """POST the batch; never raises: network failures come back as transient verdicts."""
         url = self._config.events_url(destination.pixel_id)
+        deadline = time.monotonic() + self._config.timeout
         try:
-            response = self._client.post(
+            with self._client.stream(
+                "POST",
                 url,
                 content=self.body(destination, payloads),
                 headers={"content-type": "application/json"},
-            )
-            # Reading the body can time out as well; keep it inside the guard.
-            content = response.read()
+            ) as response:
+                content = self._read_answer(response, deadline)
+                status, headers = response.status_code, response.headers
+        except _AnswerRefused as refused:
+            return refused.verdict
         except Exception as exc:  # any failure to get an answer is transient, never ours to raise
             return classify_exception(exc)
-        verdict = classify_answer(
-            response.status_code, response.headers, content, sent=len(payloads)
-        )
+        try:
+            verdict = classify_answer(status, headers, content, sent=len(payloads))
+        except Exception:  # classify is total; should an answer still defeat it, retry the batch
+            verdict = Verdict(
+                "transient",
+                "unparseable",
+                status,
+                message=f"unparseable answer of {len(content)} bytes",
+            )
         if verdict.message:
             clean = redact(verdict.message, destination)
             if clean != verdict.message:
@@ -103,6 +127,44 @@ class GraphClient:
                 )
         return verdict
 
+    def _read_answer(self, response: httpx.Response, deadline: float) -> bytes:
+        """The answer's body, read until the deadline and up to `MAX_ANSWER_BYTES`.
+
+        The deadline is checked between reads; one read waits at most ``timeout`` (httpx's read
+        timeout), so a request ends at most one read timeout past its deadline.
+        """
+        status = response.status_code
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise _AnswerRefused(_too_large(status, int(declared)))
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _AnswerRefused(_too_large(status, size))
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise _AnswerRefused(
+                    Verdict(
+                        "transient",
+                        "timeout",
+                        status,
+                        message=f"no complete answer within {self._config.timeout:g}s "
+                        f"({size} bytes read)",
+                    )
+                )
+        return b"".join(chunks)
+
     def close(self) -> None:
         """Close the pooled connections."""
         self._client.close()
+
+
+def _too_large(status: int, size: int) -> Verdict:
+    return Verdict(
+        "transient",
+        "answer_too_large",
+        status,
+        message=f"answer of {size} bytes or more; at most {MAX_ANSWER_BYTES} are read",
+    )

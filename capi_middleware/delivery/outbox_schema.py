@@ -11,8 +11,10 @@ is an outbox at all. Group commit, leases and the memory fallback stay in ``sqli
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "OutboxFileError",
     "create_outbox_connection",
+    "make_private_folders",
     "open_outbox_file",
 ]
 
@@ -119,15 +122,34 @@ def create_outbox_connection(
     may be used from several threads under the caller's lock, and has the ``busy_timeout``,
     WAL journal, ``synchronous`` level and (with ``max_bytes``) page cap set.
     ``on_wal_refused`` is called with the journal mode the file system gave instead of WAL.
-    Raises `OutboxFileError` for a file that is not an outbox or has a newer schema, and
+
+    The file is checked before anything in it changes (issue 10): a symbolic link is refused
+    (we would write into whatever it points at), missing parent folders are created 0700, an
+    existing file that is not an outbox (another SQLite database, any other file) is refused
+    untouched, and an outbox other users can read is tightened to 0600 (or refused when that
+    fails). Raises `OutboxFileError` for each refusal and for a newer schema, and
     `sqlite3.Error` / `OSError` when the file cannot be created or opened.
     """
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_symlink():
+        raise OutboxFileError(_symlink_refusal(path))
+    make_private_folders(path.parent)
     # Create the file ourselves so it is born 0600: the rows hold hashed user data, IPs and
-    # user agents, which no other local user should read.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    # user agents, which no other local user should read. O_NOFOLLOW: a symlink slipped in
+    # since the check above is refused too. The descriptor is closed before SQLite opens the
+    # file: closing any descriptor of a file drops the process's POSIX locks on it, SQLite's
+    # included (https://www.sqlite.org/howtocorrupt.html section 2.2).
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutboxFileError(_symlink_refusal(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutboxFileError(f"{path}: not a regular file; set outbox to a file path")
     conn = sqlite3.connect(
         str(path),
         timeout=busy_timeout,
@@ -136,6 +158,9 @@ def create_outbox_connection(
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        # Only reads until the file is known to be ours (or new and empty).
+        _refuse_unless_outbox(conn, path)
+        _make_private(path, stat.S_IMODE(st.st_mode))
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             on_wal_refused(mode)
@@ -153,6 +178,68 @@ def create_outbox_connection(
         with contextlib.suppress(OSError):
             os.chmod(f"{path}{suffix}", 0o600)
     return conn
+
+
+def make_private_folders(folder: Path) -> None:
+    """Create ``folder`` and any missing parents, each mode 0700 (``mkdir -p`` makes all but
+    the last one with the umask's mode, usually 0755)."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(each, 0o700)
+
+
+def _symlink_refusal(path: Path) -> str:
+    return (
+        f"{path}: is a symbolic link; refusing to write the outbox through it. "
+        "Set outbox to the real file's path"
+    )
+
+
+def _refuse_unless_outbox(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise `OutboxFileError` unless the file is an outbox or new (no tables); only reads."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except (sqlite3.DatabaseError, UnicodeDecodeError):  # a flipped byte in the schema: the latter
+        raise OutboxFileError(
+            f"{path}: not a capi outbox (not a SQLite database, or damaged); "
+            "left untouched. Set outbox to another path, or move this file aside"
+        ) from None
+    names.discard("sqlite_sequence")
+    if version > SCHEMA_VERSION:
+        raise OutboxFileError(
+            f"outbox schema version {version} is newer than this capi-middleware "
+            f"understands ({SCHEMA_VERSION}); upgrade capi-middleware"
+        )
+    ours = version == SCHEMA_VERSION and {"events", "dead_letters"} <= names
+    if not ours and (names or version != 0):
+        raise OutboxFileError(
+            f"{path}: a SQLite database but not a capi outbox; left untouched. "
+            "Set outbox to another path"
+        )
+
+
+def _make_private(path: Path, mode: int) -> None:
+    """Tighten the outbox to 0600 if other users may read or write it; refuse if we can't.
+
+    By path, not by a descriptor: closing a descriptor would drop SQLite's locks (see above).
+    """
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise OutboxFileError(
+            f"{path}: mode {mode:04o} lets other users read the outbox, and it cannot be "
+            f"changed to 0600 ({exc.strerror}); run chmod 600 on it, or set outbox to "
+            "another path"
+        ) from None
 
 
 def open_outbox_file(path: str | os.PathLike[str]) -> sqlite3.Connection:

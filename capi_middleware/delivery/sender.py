@@ -4,7 +4,10 @@
 event once, takes a lock, appends to a deque and maybe notifies the worker. It never does network
 I/O and never raises. The worker moves events into the `EventStore`, claims due ones in batches of
 up to ``batch_size`` per pixel, sends them over one pooled ``httpx.Client`` and acts on Meta's
-answer (META_CAPI_REFERENCE.md §5; see `capi_middleware.delivery.classify`).
+answer (META_CAPI_REFERENCE.md §5): `capi_middleware.delivery.classify` names the answer,
+`capi_middleware.delivery.policy` says what to do with the batch. Which store it holds is chosen
+in `capi_middleware.delivery.store_choice`; the process's registry and its exit and fork hooks
+are `capi_middleware.delivery.registry`.
 
 Locks: ``_state_lock`` guards the store and the counters, ``_intake_lock`` the deque. Whoever needs
 both takes ``_state_lock`` first. ``stats()`` takes both, so the balance
@@ -13,27 +16,30 @@ both takes ``_state_lock`` first. ``stats()`` takes both, so the balance
 
 from __future__ import annotations
 
-import atexit
-import dataclasses
-import importlib
-import json
 import logging
 import os
 import random
 import threading
 import time
-import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from capi_middleware.config import CAPIConfig, Destination, is_redis_outbox
-from capi_middleware.delivery.classify import Verdict
+from capi_middleware.config import CAPIConfig, Destination
+from capi_middleware.delivery import registry
 from capi_middleware.delivery.graph import GraphClient
 from capi_middleware.delivery.memory_store import MemoryStore
+from capi_middleware.delivery.policy import Tunables, decide, full_jitter_delay
+from capi_middleware.delivery.reporting import (
+    LOG_EVENT_IDS,
+    describe_verdict,
+    event_name_of,
+    log_fields,
+    report_dead_letters,
+)
 from capi_middleware.delivery.stats import Counters, DeliveryStats, DropReason
 from capi_middleware.delivery.store import (
     DeadLetter,
@@ -41,6 +47,11 @@ from capi_middleware.delivery.store import (
     NewEvent,
     SharedStore,
     StoredEvent,
+)
+from capi_middleware.delivery.store_choice import (
+    ClosedStore,
+    open_configured_store,
+    store_for_forked_child,
 )
 from capi_middleware.rules.request_body import encode_json
 from capi_middleware.rules.validation import is_too_old
@@ -50,7 +61,6 @@ __all__ = ["Sender", "SubmitStatus", "full_jitter_delay", "get_sender"]
 logger = logging.getLogger("capi_middleware.delivery")
 
 _DRY_RUN_PIXEL = "0"  # dry_run without a pixel: events are still built, batched and logged
-_LOG_EVENT_IDS = 10  # at most this many event ids in one log line
 
 
 @dataclass(frozen=True)
@@ -79,15 +89,6 @@ _ACCEPTED = tuple(SubmitStatus(n) for n in range(8))
 def _accepted(n: int) -> SubmitStatus:
     # submit() is on the request path: reuse the common answers instead of allocating.
     return _ACCEPTED[n] if n < len(_ACCEPTED) else SubmitStatus(n)
-
-
-def full_jitter_delay(attempts: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """AWS's "full jitter": a uniform delay in ``[0, min(cap, base * 2**attempts)]``.
-
-    Spreads the retries of many senders after a shared outage instead of synchronising them.
-    """
-    ceiling = min(cap, base * (2.0 ** min(attempts, 62)))
-    return rng.uniform(0.0, ceiling)
 
 
 def _event_field(event: Mapping[str, Any], name: str) -> Any:
@@ -140,33 +141,19 @@ class Sender:
         self._rng = random.Random()
         self._closed = False
         self._warned_no_destination = False
-        self._start_runtime(store if store is not None else self._open_store())
+        self._start_runtime(store if store is not None else open_configured_store(config))
         if config.test_event_code:
             logger.warning(
                 "capi_middleware: test_event_code is set; events go to Test Events, "
                 "not to your live data. Remove it in production."
             )
-        _live.add(self)
+        registry.track(self)
         if self._store_backlog_hint:
             # A durable store kept events from an earlier run: send them now, not at the first
             # submit (DESIGN: "what is left at exit is sent at the next start").
             self._ensure_worker()
 
     # -- construction and fork ------------------------------------------------------------
-
-    def _open_store(self) -> EventStore:
-        outbox = self._config.outbox
-        if outbox is not None and not self._config.dry_run:
-            # The outboxes are optional machinery; import one only when asked for.
-            opened: EventStore
-            if is_redis_outbox(outbox):
-                module = importlib.import_module("capi_middleware.delivery.redis_store")
-                opened = module.RedisStore(outbox, max_events=self._config.max_queue)
-            else:
-                module = importlib.import_module("capi_middleware.delivery.sqlite_store")
-                opened = module.SQLiteStore(outbox, max_events=self._config.max_queue)
-            return opened
-        return MemoryStore(self._config.max_queue)
 
     def _start_runtime(self, store: EventStore) -> None:
         """(Re)create everything a process owns: locks, queue, store handle, counters."""
@@ -204,28 +191,31 @@ class Sender:
         self._store_backlog_hint = backlog
         self._due_at: float | None = time.time() if backlog else None  # wall clock
 
-    def _after_fork_in_child(self) -> None:
-        """A forked child starts clean: it must never re-send the parent's in-memory events."""
-        if self._own_store and self._config.outbox and not self._config.dry_run:
-            # Reopen the outbox: a SQLite connection must not cross fork(); leases keep the
-            # parent and the child from sending the same rows.
-            try:
-                store = self._open_store()
-            except Exception:
-                logger.exception("capi_middleware: could not reopen the outbox after fork")
-                store = MemoryStore(self._config.max_queue)
-        elif self._store.durable and not self._own_store:
-            store = self._store  # the caller's durable store; theirs to make fork-safe
-        else:
-            store = MemoryStore(self._config.max_queue)
+    def after_fork_in_child(self) -> None:
+        """A forked child starts clean: it must never re-send the parent's in-memory events.
+
+        Called by the process's fork hook (`capi_middleware.delivery.registry`).
+        """
+        store = store_for_forked_child(self._config, self._store, own=self._own_store)
         # The parent's client, thread and locks are the parent's; drop them without closing.
         self._start_runtime(store)
+
+    def close_at_exit(self) -> None:
+        """Close with ``config.shutdown_timeout`` if open and this process's (the atexit hook)."""
+        if self._closed or self._pid != os.getpid():
+            return
+        self.close(self._config.shutdown_timeout)
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called; `get_sender` then makes a new sender."""
+        return self._closed
 
     def _check_pid(self) -> None:
         # Belt and braces for forks that bypass os.register_at_fork (sentry-python's worker does
         # the same check).
         if os.getpid() != self._pid:
-            self._after_fork_in_child()
+            self.after_fork_in_child()
 
     # -- the request path -------------------------------------------------------------------
 
@@ -540,12 +530,12 @@ class Sender:
             elif self._store.durable:
                 # Kept for the next start; stats() reads this once the store is closed.
                 self._store_backlog_hint = lost
-                self._store = _ClosedStore(lost)
+                self._store = ClosedStore(lost)
             else:
                 # The memory store forgot its events; they are counted as dropped, not backlog.
                 self._store_backlog_hint = 0
                 self._store = MemoryStore(1)
-        _forget(self)
+        registry.forget(self)
         return flushed and not leftover
 
     def resume(self) -> None:
@@ -710,7 +700,9 @@ class Sender:
         return any_claimed
 
     def _deliver(self, destination: Destination, events: list[StoredEvent]) -> None:
-        """Send one batch; on a bad-event answer split it in halves until the culprits are alone."""
+        """Send one batch and act on the answer (`capi_middleware.delivery.policy`); a bad-event
+        answer splits the batch in halves until the culprits are alone."""
+        pixel_id = destination.pixel_id
         stack = [events]
         while stack:
             batch = stack.pop()
@@ -724,86 +716,93 @@ class Sender:
             verdict = self._graph().send(destination, [e.payload for e in batch])
             with self._state_lock:
                 self._counts.requests += 1
-            if verdict.kind == "delivered":
+            action = decide(
+                verdict,
+                batch_size=len(batch),
+                attempts=max(e.attempts for e in batch),
+                throttled_before=self._throttled_in_a_row,
+                tunables=self._tunables(),
+                jitter=self._rng.random(),
+            )
+            if action.kind == "acknowledge":
                 self._acknowledge(batch)
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
                         "capi_middleware: pixel %s: %d event(s) delivered (fbtrace_id=%s)",
-                        destination.pixel_id,
+                        pixel_id,
                         len(batch),
                         verdict.fbtrace_id,
-                        extra=_fields(destination.pixel_id, batch, verdict),
+                        extra=log_fields(pixel_id, batch, verdict),
                     )
                 self._throttled_in_a_row = 0
-                self._config_alerted.discard(destination.pixel_id)
-            elif verdict.kind == "transient":
-                attempts = max(e.attempts for e in batch)
-                delay = full_jitter_delay(
-                    attempts, base=self.backoff_base, cap=self.backoff_cap, rng=self._rng
-                )
+                self._config_alerted.discard(pixel_id)
+            elif action.kind == "retry":
+                delay = action.seconds
                 logger.warning(
                     "capi_middleware: pixel %s: %d event(s) not delivered (%s%s); retry in %.1fs",
-                    destination.pixel_id,
+                    pixel_id,
                     len(batch),
                     verdict.reason,
-                    _describe(verdict),
+                    describe_verdict(verdict),
                     delay,
-                    extra=_fields(destination.pixel_id, batch, verdict, retry_in=delay),
+                    extra=log_fields(pixel_id, batch, verdict, retry_in=delay),
                 )
                 self._put_back(batch, not_before=time.time() + delay)
-            elif verdict.kind == "rate_limited":
+            elif action.kind == "pause_all":
                 self._throttled_in_a_row += 1
-                pause = verdict.retry_after
-                if pause is None:
-                    pause = min(
-                        self.rate_limit_pause_cap,
-                        self.rate_limit_pause * 2.0 ** (self._throttled_in_a_row - 1),
-                    )
+                pause = action.seconds
                 self._pause(pause)
+                capped = (
+                    f" (Meta asked for {action.asked:.0f}s; capped at {pause:.0f}s)"
+                    if action.asked is not None
+                    else ""
+                )
                 logger.warning(
-                    "capi_middleware: pixel %s: rate limited%s; pausing all sending for %.1fs",
-                    destination.pixel_id,
-                    _describe(verdict),
+                    "capi_middleware: pixel %s: rate limited%s; pausing all sending for %.1fs%s",
+                    pixel_id,
+                    describe_verdict(verdict),
                     pause,
-                    extra=_fields(destination.pixel_id, batch, verdict, pause=pause),
+                    capped,
+                    extra=log_fields(
+                        pixel_id, batch, verdict, pause=pause, retry_after_asked=action.asked
+                    ),
                 )
                 self._put_back([e for b in [*stack, batch] for e in b], not_before=time.time())
                 return
-            elif verdict.kind == "bad_config":
+            elif action.kind == "pause_pixel":
                 # Only this pixel waits: another destination's token may be fine.
-                until = time.time() + self.config_error_pause
-                self._pixel_paused_until[destination.pixel_id] = until
-                self._share_pause(self.config_error_pause, destination.pixel_id)
-                if destination.pixel_id not in self._config_alerted:
-                    self._config_alerted.add(destination.pixel_id)
+                until = time.time() + action.seconds
+                self._pixel_paused_until[pixel_id] = until
+                self._share_pause(action.seconds, pixel_id)
+                if pixel_id not in self._config_alerted:
+                    self._config_alerted.add(pixel_id)
                     logger.error(
                         "capi_middleware: Meta refused the configuration for pixel %s (%s%s). "
                         "Check the access token, its permissions and the pixel id. Events are "
                         "kept; sending resumes in %.0fs.",
-                        destination.pixel_id,
+                        pixel_id,
                         verdict.reason,
-                        _describe(verdict),
-                        self.config_error_pause,
-                        extra=_fields(destination.pixel_id, batch, verdict),
+                        describe_verdict(verdict),
+                        action.seconds,
+                        extra=log_fields(pixel_id, batch, verdict),
                     )
                 self._put_back([e for b in [*stack, batch] for e in b], not_before=until)
                 return
-            elif len(batch) == 1:  # bad_event, and this is the culprit
-                self._give_up(
-                    batch,
-                    DeadLetter(
-                        verdict.reason,
-                        code=verdict.code,
-                        subcode=verdict.subcode,
-                        message=verdict.message,
-                        fbtrace_id=verdict.fbtrace_id,
-                    ),
-                )
-            else:
-                # One invalid event rejects the whole request (reference §1): bisect.
+            elif action.kind == "dead_letter" and action.letter is not None:
+                self._give_up(batch, action.letter)
+            else:  # bisect
                 half = len(batch) // 2
                 stack.append(batch[half:])
                 stack.append(batch[:half])
+
+    def _tunables(self) -> Tunables:
+        return Tunables(
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            rate_limit_pause=self.rate_limit_pause,
+            rate_limit_pause_cap=self.rate_limit_pause_cap,
+            config_error_pause=self.config_error_pause,
+        )
 
     def _graph(self) -> GraphClient:
         if self._client is None:
@@ -846,54 +845,12 @@ class Sender:
                 return
             self._store.dead_letter([e.id for e in events], letter)
             self._counts.dead_lettered[letter.reason] += len(events)
-        by_pixel: dict[str, list[StoredEvent]] = {}
-        for e in events:
-            by_pixel.setdefault(e.pixel_id, []).append(e)
-        for pixel_id, group in by_pixel.items():
-            logger.warning(
-                "capi_middleware: pixel %s: %d event(s) dead-lettered: %s "
-                "(code=%s subcode=%s fbtrace_id=%s) %s; event_ids=%s",
-                pixel_id,
-                len(group),
-                letter.reason,
-                letter.code,
-                letter.subcode,
-                letter.fbtrace_id,
-                letter.message,
-                _ids(group),
-                extra=_fields(
-                    pixel_id,
-                    group,
-                    reason=letter.reason,
-                    code=letter.code,
-                    subcode=letter.subcode,
-                    fbtrace_id=letter.fbtrace_id,
-                    event_ids=[e.event_id for e in group[:_LOG_EVENT_IDS]],
-                ),
-            )
-        hook = self._config.on_dead_letter
-        if hook is None:
-            return
-        for e in events:
-            record = {
-                "pixel_id": e.pixel_id,
-                "event_id": e.event_id,
-                "event_name": _event_name(e.payload),
-                "event_time": e.event_time,
-                "reason": letter.reason,
-                "code": letter.code,
-                "subcode": letter.subcode,
-                "message": letter.message,
-                "fbtrace_id": letter.fbtrace_id,
-            }
-            try:
-                hook(record)
-            except Exception:
-                logger.exception("capi_middleware: the on_dead_letter hook raised")
+        report_dead_letters(events, letter, self._config.on_dead_letter)
 
     def _log_dry_run(self, destination: Destination, batch: Sequence[StoredEvent]) -> None:
-        names = ", ".join(f"{_event_name(e.payload)}({e.event_id})" for e in batch[:_LOG_EVENT_IDS])
-        more = f" and {len(batch) - _LOG_EVENT_IDS} more" if len(batch) > _LOG_EVENT_IDS else ""
+        shown = batch[:LOG_EVENT_IDS]
+        names = ", ".join(f"{event_name_of(e.payload)}({e.event_id})" for e in shown)
+        more = f" and {len(batch) - LOG_EVENT_IDS} more" if len(batch) > LOG_EVENT_IDS else ""
         logger.info(
             "capi_middleware: dry run: would send %d event(s) to pixel %s: %s%s",
             len(batch),
@@ -901,98 +858,6 @@ class Sender:
             names,
             more,
         )
-
-
-class _ClosedStore(MemoryStore):
-    """Stands in for a closed durable store: reports what it kept, accepts nothing."""
-
-    def __init__(self, kept: int) -> None:
-        super().__init__(1)
-        self._kept = kept
-
-    @property
-    def durable(self) -> bool:
-        return True
-
-    def put(self, events: Sequence[NewEvent], *, wait: bool = False) -> int:
-        return 0
-
-    def backlog(self) -> int:
-        return self._kept
-
-
-def _describe(verdict: Verdict) -> str:
-    parts = []
-    if verdict.status is not None:
-        parts.append(f"HTTP {verdict.status}")
-    if verdict.code is not None:
-        parts.append(f"code={verdict.code}")
-    if verdict.subcode is not None:
-        parts.append(f"subcode={verdict.subcode}")
-    if verdict.fbtrace_id:
-        parts.append(f"fbtrace_id={verdict.fbtrace_id}")
-    if verdict.message:
-        parts.append(repr(verdict.message[:300]))
-    return (": " + " ".join(parts)) if parts else ""
-
-
-def _fields(
-    pixel_id: str,
-    events: Sequence[StoredEvent],
-    verdict: Verdict | None = None,
-    **more: object,
-) -> dict[str, dict[str, object]]:
-    """Structured fields for a log record (``record.capi``): names, ids and counts, never
-    personal data, the token or the payload."""
-    names: dict[str, int] = {}
-    for e in events[:1000]:
-        name = _event_name(e.payload) or "?"
-        names[name] = names.get(name, 0) + 1
-    fields: dict[str, object] = {"pixel_id": pixel_id, "count": len(events), "event_names": names}
-    if verdict is not None:
-        fields.update(
-            reason=verdict.reason,
-            status=verdict.status,
-            code=verdict.code,
-            subcode=verdict.subcode,
-            fbtrace_id=verdict.fbtrace_id,
-        )
-    fields.update(more)
-    return {"capi": fields}
-
-
-def _ids(events: Sequence[StoredEvent]) -> str:
-    shown = ",".join(e.event_id for e in events[:_LOG_EVENT_IDS])
-    return shown + (f",+{len(events) - _LOG_EVENT_IDS}" if len(events) > _LOG_EVENT_IDS else "")
-
-
-def _event_name(payload: bytes) -> str | None:
-    try:
-        name = json.loads(payload).get("event_name")
-    except (ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) else None
-
-
-# -- one sender per process per config ------------------------------------------------------
-
-_live: weakref.WeakSet[Sender] = weakref.WeakSet()
-_registry: dict[Hashable, Sender] = {}
-_registry_lock = threading.Lock()
-
-
-def _config_key(config: CAPIConfig, transport: httpx.BaseTransport | None) -> Hashable:
-    fields = tuple(
-        getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if f.name not in ("consent", "trusted_proxies", "cookie_domain", "set_fbp", "strict")
-    )
-    try:
-        hash(fields)
-        key: Hashable = fields
-    except TypeError:
-        key = id(config)
-    return (key, id(transport) if transport is not None else None)
 
 
 def get_sender(
@@ -1006,49 +871,7 @@ def get_sender(
     Two configs that differ only in capture options (consent, proxies, cookies) share a sender.
     ``store`` is used only when the sender is created.
     """
-    key = _config_key(config, transport)
-    with _registry_lock:
-        sender = _registry.get(key)
-        if sender is None or sender._closed:
-            sender = Sender(config, transport=transport, store=store)
-            _registry[key] = sender
-        return sender
-
-
-def _forget(sender: Sender) -> None:
-    with _registry_lock:
-        for key, value in list(_registry.items()):
-            if value is sender:
-                del _registry[key]
-
-
-def _after_fork_in_child() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()  # the parent may have held it while forking
-    for sender in list(_live):
-        try:
-            sender._after_fork_in_child()
-        except Exception:
-            logger.exception("capi_middleware: resetting a sender after fork failed")
-
-
-def _close_all_at_exit() -> None:
-    for sender in list(_live):
-        if sender._closed or sender._pid != os.getpid():
-            continue
-        try:
-            sender.close(sender._config.shutdown_timeout)
-        except Exception:
-            logger.exception("capi_middleware: closing the sender at exit failed")
-
-
-def _register_process_hooks(
-    at_exit: Callable[[], None] = _close_all_at_exit,
-    in_child: Callable[[], None] = _after_fork_in_child,
-) -> None:
-    atexit.register(at_exit)
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=in_child)
-
-
-_register_process_hooks()
+    return registry.shared(
+        registry.config_key(config, transport),
+        lambda: Sender(config, transport=transport, store=store),
+    )

@@ -1,5 +1,9 @@
 """The durable `EventStore`: a SQLite outbox that survives crashes, shared by worker processes.
 
+This module is the row store (put, claim, ack, retry, dead-letter, backlog); the writing side and
+its degraded mode (group-commit writer, memory fallback, repair) are `OutboxWriter`
+(``outbox_writer``), the SQL and row shapes ``outbox_rows``, the file's schema ``outbox_schema``.
+
 How it keeps its promises (the design is written up in docs/outbox.md):
 
 - ``put`` appends to an in-memory list and wakes one writer thread, which commits what has
@@ -22,124 +26,38 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import json
 import logging
 import os
-import secrets
-import socket
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from capi_middleware.delivery.outbox_rows import (
+    CLAIM_DUE,
+    DEAD_FROM_EVENT,
+    DEAD_FROM_MEMORY,
+    MemoryRow,
+    OnceLog,
+    Prepared,
+    dead_values,
+    new_owner_token,
+)
 from capi_middleware.delivery.outbox_schema import (
     SCHEMA_VERSION,
     OutboxFileError,
-    create_outbox_connection,
     immediate_transaction,
     open_outbox_file,
 )
+from capi_middleware.delivery.outbox_writer import OutboxWriter
 from capi_middleware.delivery.store import DeadLetter, NewEvent, StoredEvent
 
 __all__ = ["SCHEMA_VERSION", "OutboxFileError", "SQLiteStore", "open_outbox_file"]
 
 logger = logging.getLogger("capi_middleware.delivery")
-
-_INSERT_EVENT = (
-    "INSERT INTO events (pixel_id, event_id, event_name, event_time, action_source, payload,"
-    " attempts, not_before, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_CLAIM = (
-    "SELECT id, pixel_id, payload, event_id, event_time, action_source, attempts FROM events"
-    " WHERE not_before <= ? AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?"
-)
-_DEAD_FROM_EVENT = (
-    "INSERT INTO dead_letters (pixel_id, event_id, event_name, event_time, action_source,"
-    " payload, attempts, created_at, reason, code, subcode, message, fbtrace_id, dead_at)"
-    " SELECT pixel_id, event_id, event_name, event_time, action_source, payload, attempts,"
-    " created_at, ?, ?, ?, ?, ?, ? FROM events WHERE id = ?"
-)
-_DEAD_FROM_MEMORY = (
-    "INSERT INTO dead_letters (pixel_id, event_id, event_name, event_time, action_source,"
-    " payload, attempts, created_at, reason, code, subcode, message, fbtrace_id, dead_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_GROUP_MAX = 5000  # commit at once when this many events wait, without waiting for the window
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A validated event on its way to the file: the payload already decoded to JSON text."""
-
-    event: NewEvent
-    text: str
-    event_name: str
-    created_at: float
-
-
-@dataclass
-class _MemoryRow:
-    """An event kept in memory because the file could not take it."""
-
-    prepared: _Prepared
-    attempts: int = 0
-    not_before: float = 0.0
-    lease_until: float | None = None
-
-    def stored(self, row_id: int) -> StoredEvent:
-        e = self.prepared.event
-        return StoredEvent(
-            id=row_id,
-            pixel_id=e.pixel_id,
-            payload=e.payload,
-            event_id=e.event_id,
-            event_time=e.event_time,
-            action_source=e.action_source,
-            attempts=self.attempts,
-        )
-
-
-class _OnceLog:
-    """Logs each kind of failure once until the store recovers, so a broken disk is not a flood.
-
-    Messages carry only the error kind, counts and the file path: never an event's content.
-    """
-
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def error(self, kind: str, message: str, *args: object) -> None:
-        with self._lock:
-            if kind in self._seen:
-                return
-            self._seen.add(kind)
-        logger.error(message, *args)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._seen.clear()
-
-
-def _error_kind(exc: BaseException) -> str:
-    """A short, data-free name for a storage error: SQLITE_FULL, ENOTDIR, ..."""
-    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+
-    if isinstance(name, str):
-        return name
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return errno.errorcode.get(exc.errno, f"errno {exc.errno}")
-    return type(exc).__name__
-
-
-def _new_owner_token() -> str:
-    """Who holds a lease: host, pid and a random part, so a reused pid is a different owner."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
 
 # Connections a forked child inherited from its parent. SQLite forbids using them in the child,
 # and closing one there could checkpoint or delete the parent's WAL, so they are kept alive here
@@ -148,7 +66,7 @@ _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 _LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
-class SQLiteStore:
+class SQLiteStore(OutboxWriter):
     """Events waiting for delivery, in a SQLite file that survives crashes and restarts.
 
     Parameters:
@@ -222,7 +140,7 @@ class SQLiteStore:
         self._max_events = max_events
         self._synchronous = synchronous.upper()
         self._wait_timeout = float(wait_timeout)
-        self._log = _OnceLog()
+        self._log = OnceLog()
         self._closed = False
         self._init_process_state()
         _LIVE_STORES.add(self)
@@ -233,7 +151,7 @@ class SQLiteStore:
 
     def _init_process_state(self) -> None:
         self._pid = os.getpid()
-        self.lease_owner = _new_owner_token()
+        self.lease_owner = new_owner_token()
         # Lock order: _db_lock, then _cond. put() takes only _cond, so a slow commit never
         # blocks a request thread.
         self._db_lock = threading.RLock()
@@ -241,12 +159,12 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
         self._broken = False  # the last write failed: new events go to memory until repaired
-        self._pending: list[_Prepared] = []
+        self._pending: list[Prepared] = []
         self._pending_since = 0.0
         self._committing = 0  # events taken out of _pending whose commit is in progress
         self._accepted_seq = 0  # events put so far
         self._settled_seq = 0  # events committed, or moved to memory, so far
-        self._memory: dict[int, _MemoryRow] = {}  # negative ids, insertion order = age
+        self._memory: dict[int, MemoryRow] = {}  # negative ids, insertion order = age
         self._next_memory_id = -1
         self._deferred_acks: set[int] = set()  # acked while the disk failed; deleted later
         self._next_repair = 0.0
@@ -291,7 +209,7 @@ class SQLiteStore:
         """
         self._check_fork()
         now = time.time()
-        prepared: list[_Prepared] = []
+        prepared: list[Prepared] = []
         for event in events:
             item = self._prepare(event, now)
             if item is None:
@@ -369,7 +287,7 @@ class SQLiteStore:
                 return out
             try:
                 with immediate_transaction(conn):
-                    rows = conn.execute(_CLAIM, (now, now, remaining)).fetchall()
+                    rows = conn.execute(CLAIM_DUE, (now, now, remaining)).fetchall()
                     conn.executemany(
                         "UPDATE events SET lease_owner = ?, lease_until = ? WHERE id = ?",
                         [(self.lease_owner, lease_until, r[0]) for r in rows],
@@ -443,7 +361,7 @@ class SQLiteStore:
     def dead_letter(self, ids: Sequence[int], letter: DeadLetter) -> None:
         """Move these events to the ``dead_letters`` table with why, for inspection and replay."""
         self._check_fork()
-        memory_rows: list[_MemoryRow] = []
+        memory_rows: list[MemoryRow] = []
         disk_ids: list[int] = []
         with self._cond:
             for row_id in ids:
@@ -463,15 +381,12 @@ class SQLiteStore:
                     raise sqlite3.OperationalError("the outbox file is not open")
                 with immediate_transaction(conn):
                     for i in disk_ids:
-                        conn.execute(_DEAD_FROM_EVENT, (*reason, now, i))
+                        conn.execute(DEAD_FROM_EVENT, (*reason, now, i))
                         conn.execute("DELETE FROM events WHERE id = ?", (i,))
                         self._rows_estimate = max(0, self._rows_estimate - 1)
                     conn.executemany(
-                        _DEAD_FROM_MEMORY,
-                        [
-                            (*_dead_values(r.prepared, r.attempts), *reason, now)
-                            for r in memory_rows
-                        ],
+                        DEAD_FROM_MEMORY,
+                        [(*dead_values(r.prepared, r.attempts), *reason, now) for r in memory_rows],
                     )
             except (sqlite3.Error, OSError) as exc:
                 self._storage_failed("dead_letter", exc)
@@ -589,7 +504,7 @@ class SQLiteStore:
 
     # -- accepting ----------------------------------------------------------------------------
 
-    def _prepare(self, event: NewEvent, now: float) -> _Prepared | None:
+    def _prepare(self, event: NewEvent, now: float) -> Prepared | None:
         try:
             text = event.payload.decode("utf-8")
             body = json.loads(text)
@@ -599,304 +514,7 @@ class SQLiteStore:
             )
             return None
         name = body.get("event_name") if isinstance(body, dict) else None
-        return _Prepared(event, text, name if isinstance(name, str) else "", now)
-
-    # -- the writer thread --------------------------------------------------------------------
-
-    def _start_writer(self) -> None:
-        """Start the writer thread if it is not running (called with _cond held)."""
-        if self._writer is None or not self._writer.is_alive():
-            self._writer = threading.Thread(
-                target=self._write_loop, name="capi-outbox-writer", daemon=True
-            )
-            self._writer.start()
-
-    def _write_loop(self) -> None:
-        while True:
-            group: list[_Prepared] = []
-            repair = False
-            with self._cond:
-                while not self._closing:
-                    now = time.monotonic()
-                    if self._pending:
-                        due = self._pending_since + self._commit_interval
-                        if now >= due or len(self._pending) >= _GROUP_MAX:
-                            group, self._pending = self._pending, []
-                            self._committing = len(group)
-                            break
-                        self._cond.wait(due - now)
-                        continue
-                    if self._memory or self._deferred_acks or self._broken:
-                        if now >= self._next_repair:
-                            repair = True
-                            break
-                        self._cond.wait(self._next_repair - now)
-                        continue
-                    self._cond.wait(self._reopen_interval)
-                    if time.monotonic() >= self._next_identity_check:
-                        # Idle: look, now and then, whether the file was deleted under us.
-                        self._next_identity_check = time.monotonic() + self._reopen_interval
-                        repair = self._file_replaced()
-                        if repair:
-                            break
-                if self._closing and not group and not repair:
-                    return
-            with self._db_lock:
-                if group:
-                    self._commit_group(group)
-                if repair:
-                    self._repair()
-
-    def _commit_group(self, group: list[_Prepared]) -> None:
-        """Write one group in one transaction, or keep it in memory (called with _db_lock)."""
-        committed = False
-        if not self._broken:
-            conn = self._connection()
-            try:
-                if conn is None:
-                    raise sqlite3.OperationalError("the outbox file is not open")
-                with immediate_transaction(conn):
-                    conn.executemany(_INSERT_EVENT, [_row_values(p, 0) for p in group])
-                committed = True
-            except (sqlite3.Error, OSError) as exc:
-                self._storage_failed("write", exc)
-        with self._cond:
-            if committed:
-                self._rows_estimate += len(group)
-            else:
-                for p in group:
-                    self._memory[self._next_memory_id] = _MemoryRow(p)
-                    self._next_memory_id -= 1
-            self._committing = 0
-            self._settled_seq += len(group)
-            self._cond.notify_all()
-
-    def _drain_pending(self) -> None:
-        """Commit whatever is pending right now (close(); called with _db_lock)."""
-        with self._cond:
-            group, self._pending = self._pending, []
-            self._committing = len(group)
-        if group:
-            self._commit_group(group)
-
-    # -- failure and repair -------------------------------------------------------------------
-
-    def _storage_failed(self, operation: str, exc: BaseException) -> None:
-        """Note a failed file operation: log once per kind, retry later (called with _db_lock)."""
-        kind = _error_kind(exc)
-        self._log.error(
-            f"{operation}:{kind}",
-            "capi outbox %s: %s failed (%s); events wait in memory (up to %d) and the file is "
-            "retried every %gs",
-            self.path,
-            operation,
-            kind,
-            self._memory_fallback,
-            self._reopen_interval,
-        )
-        self._broken = True
-        self._next_repair = time.monotonic() + self._reopen_interval
-        conn = self._conn
-        if conn is not None and kind not in ("SQLITE_FULL", "SQLITE_BUSY"):
-            # Anything but a full disk or a busy lock may mean the file itself is gone or
-            # damaged: reopen it on the next repair.
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.rollback()
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-            self._conn = None
-        with self._cond:
-            self._cond.notify_all()
-
-    def _repair(self, *, final: bool = False) -> None:
-        """Reopen the file if needed, delete deferred acks, write memory-held events back.
-
-        Called with _db_lock. Only unleased memory rows move (a leased one is in flight under
-        its negative id); ``final`` (close) moves all of them with their leases dropped.
-        """
-        self._next_repair = time.monotonic() + self._reopen_interval
-        if self._file_replaced() and self._conn is not None:
-            self._adopt_rows_of_replaced_file()
-        conn = self._connection()
-        if conn is None:
-            if not self._open_or_fall_back():
-                return
-            conn = self._conn
-            assert conn is not None
-        if self._deferred_acks:
-            acks = sorted(self._deferred_acks)
-            if not self._delete_rows(acks):
-                return
-            self._deferred_acks.difference_update(acks)
-        with self._cond:
-            moving = [
-                (row_id, row)
-                for row_id, row in self._memory.items()
-                if final or row.lease_until is None
-            ]
-        try:
-            with immediate_transaction(conn):
-                conn.executemany(
-                    _INSERT_EVENT,
-                    [_row_values(r.prepared, r.attempts, r.not_before) for _, r in moving],
-                )
-        except (sqlite3.Error, OSError) as exc:
-            self._storage_failed("write", exc)
-            return
-        with self._cond:
-            for row_id, _ in moving:
-                self._memory.pop(row_id, None)
-            self._rows_estimate += len(moving)
-            self._cond.notify_all()
-        if self._broken:
-            self._broken = False
-            self._log.reset()
-            logger.warning(
-                "capi outbox %s: writing to the file again; %d events moved there from memory",
-                self.path,
-                len(moving),
-            )
-
-    def _delete_rows(self, ids: Sequence[int]) -> bool:
-        conn = self._connection()
-        if conn is None:
-            return False
-        try:
-            with immediate_transaction(conn):
-                conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
-        except (sqlite3.Error, OSError) as exc:
-            self._storage_failed("ack", exc)
-            return False
-        self._rows_estimate = max(0, self._rows_estimate - len(ids))
-        return True
-
-    def _forget_memory_rows(self, ids: Sequence[int]) -> list[int]:
-        """Drop acknowledged memory-held rows; return the ids that are the file's."""
-        disk_ids: list[int] = []
-        with self._cond:
-            for row_id in ids:
-                if self._memory.pop(row_id, None) is None and row_id > 0:
-                    disk_ids.append(row_id)
-        return disk_ids
-
-    # -- the file -----------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection | None:
-        """The open connection, opening it first after a fork (called with _db_lock)."""
-        if self._lazy_open and self._conn is None:
-            self._lazy_open = False
-            self._open_or_fall_back()
-        return self._conn
-
-    def _open_or_fall_back(self) -> bool:
-        """Open (creating) the file; on failure log and keep events in memory. Needs _db_lock."""
-        try:
-            self._conn = self._connect()
-        except (sqlite3.Error, OSError, OutboxFileError) as exc:
-            self._conn = None
-            self._storage_failed("open", exc)
-            return False
-        return True
-
-    def _connect(self) -> sqlite3.Connection:
-        path = self.path
-        conn = create_outbox_connection(
-            path,
-            busy_timeout=self._busy_timeout,
-            synchronous=self._synchronous,
-            max_bytes=self._max_bytes,
-            on_wal_refused=lambda mode: self._log.error(
-                "no_wal",
-                "capi outbox %s: the file system refused WAL mode (%s); sharing the file "
-                "between processes will be slower",
-                path,
-                mode,
-            ),
-        )
-        try:
-            self._rows_estimate = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        except BaseException:
-            conn.close()
-            raise
-        st = os.stat(path)
-        self._file_id = (st.st_dev, st.st_ino)
-        return conn
-
-    def _file_replaced(self) -> bool:
-        """True when the open file was deleted or replaced under us (its inode changed)."""
-        if self._file_id is None or self._conn is None:
-            return False
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return True
-        return (st.st_dev, st.st_ino) != self._file_id
-
-    def _adopt_rows_of_replaced_file(self) -> None:
-        """The file was deleted: keep its rows in memory, then open a fresh file (needs _db_lock).
-
-        The old connection is closed before the new file is opened, because closing it removes
-        the ``-wal`` and ``-shm`` files by name, which would then be the new file's.
-        """
-        conn = self._conn
-        assert conn is not None
-        self._log.error(
-            "file_replaced",
-            "capi outbox %s: the file was deleted or replaced while open; its events are "
-            "carried over to a new file",
-            self.path,
-        )
-        try:
-            rows = conn.execute(
-                "SELECT pixel_id, payload, event_id, event_time, action_source, attempts,"
-                " not_before, event_name, created_at FROM events ORDER BY id"
-            ).fetchall()
-        except sqlite3.Error:
-            rows = []
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
-        self._conn = None
-        self._file_id = None
-        with self._cond:
-            for r in rows[: max(0, self._memory_fallback - len(self._memory))]:
-                event = NewEvent(r[0], r[1].encode("utf-8"), r[2], r[3], r[4])
-                self._memory[self._next_memory_id] = _MemoryRow(
-                    _Prepared(event, r[1], r[7], r[8]), attempts=r[5], not_before=r[6]
-                )
-                self._next_memory_id -= 1
-        self._broken = True
-
-
-def _row_values(p: _Prepared, attempts: int, not_before: float = 0.0) -> tuple[Any, ...]:
-    """The values of one ``events`` row, in `_INSERT_EVENT`'s order."""
-    e = p.event
-    return (
-        e.pixel_id,
-        e.event_id,
-        p.event_name,
-        e.event_time,
-        e.action_source,
-        p.text,
-        attempts,
-        not_before,
-        p.created_at,
-    )
-
-
-def _dead_values(p: _Prepared, attempts: int) -> tuple[Any, ...]:
-    """The first eight values of a ``dead_letters`` row (`_DEAD_COLUMNS`), from memory."""
-    e = p.event
-    return (
-        e.pixel_id,
-        e.event_id,
-        p.event_name,
-        e.event_time,
-        e.action_source,
-        p.text,
-        attempts,
-        p.created_at,
-    )
+        return Prepared(event, text, name if isinstance(name, str) else "", now)
 
 
 def _flush_all_at_exit() -> None:

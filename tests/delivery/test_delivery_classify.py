@@ -105,6 +105,14 @@ CASES = [
     (400, _err(12345), {}, "bad_event", "rejected"),
     (413, b"Request Entity Too Large", {}, "bad_event", "rejected"),
     (400, b"not json", {}, "bad_event", "rejected"),
+    # JSON that cannot be read (issue 10): transient whatever the status, never an exception
+    (200, b"[" * 5000 + b"]" * 5000, {}, "transient", "unparseable"),
+    (200, b'{"events_received": 3,', {}, "transient", "unparseable"),
+    (400, b'{"error":' * 5000 + b"1" + b"}" * 5000, {}, "transient", "unparseable"),
+    (400, b'{"error": {"code": 100, "message": "\xff"}}', {}, "transient", "unparseable"),
+    (500, b"  [[[", {}, "transient", "unparseable"),
+    (404, b"{", {}, "transient", "unparseable"),
+    (429, b"[" * 5000, {}, "rate_limited", "http_429"),
 ]
 
 
@@ -178,3 +186,9 @@ def test_exceptions_are_transient(exc: BaseException, reason: str) -> None:
     assert verdict.kind == "transient"
     assert verdict.reason == reason
     assert verdict.status is None
+
+
+def test_an_unparseable_answer_says_its_size_and_nothing_of_its_content() -> None:
+    body = b'{"error": {"message": "jane@example.com"' + b"[" * 3000
+    verdict = classify_answer(400, {}, body, sent=1)
+    assert verdict.message == f"unparseable JSON answer of {len(body)} bytes"
