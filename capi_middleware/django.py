@@ -41,7 +41,7 @@ from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats
 from capi_middleware.wsgi import capture_environ
 
-__all__ = ["CAPIAppConfig", "CAPIDjangoMiddleware", "check_settings", "get_pipeline"]
+__all__ = ["CAPIAppConfig", "CAPIDjangoMiddleware", "check_settings", "get_client", "get_pipeline"]
 
 GetResponse = Callable[[HttpRequest], Any]
 
@@ -79,6 +79,16 @@ def get_pipeline(config: CAPIConfig | None = None) -> CapturePipeline:
             pipeline = CapturePipeline(CAPIClient(config))
             _pipelines[key] = pipeline
         return pipeline
+
+
+def get_client() -> CAPIClient:
+    """The `CAPIClient` the middleware uses in this process, from ``settings.CAPI``.
+
+    For events outside a request in a Django project (a webhook view's helper, a management
+    command, a Celery task): ``get_client().track("Purchase", visitor=v, ...)`` shares the
+    middleware's config, counters and sender. Raises ``ImproperlyConfigured`` for bad settings.
+    """
+    return get_pipeline().client
 
 
 _told_config_errors: set[str] = set()

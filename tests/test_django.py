@@ -188,3 +188,21 @@ def test_serverless_delivers_before_the_response_is_handed_back(mode: str) -> No
         assert fake.event_ids == [response.json()["event_id"]]  # already there
         with override_settings(CAPI=capi):
             assert get_pipeline().client.close(5.0)
+
+
+def test_get_client_is_the_middlewares_client_for_events_outside_a_request() -> None:
+    from capi_middleware import ConsentDecision, Visitor
+    from capi_middleware.django import get_client
+
+    with override_settings(CAPI=GRANTED):
+        client = get_client()
+        assert client is get_pipeline().client
+        visitor = Visitor(
+            client_ip="81.2.69.160",
+            user_agent=UA,
+            event_source_url="https://shop.example.com/checkout",
+            consent=ConsentDecision(granted=True, reason="site_cookie"),
+        )
+        result = client.track("Purchase", visitor=visitor, value=10, currency="EUR")
+        assert result.status == "dry_run"
+        assert client.stats().dry_run >= 1

@@ -135,8 +135,9 @@ class GraphClient:
         """
         status = response.status_code
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-            raise _AnswerRefused(_too_large(status, int(declared)))
+        length = int(declared) if declared.isdigit() else None
+        if length is not None and length > MAX_ANSWER_BYTES:
+            raise _AnswerRefused(_too_large(status, length))
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
@@ -144,7 +145,8 @@ class GraphClient:
             if size > MAX_ANSWER_BYTES:
                 raise _AnswerRefused(_too_large(status, size))
             chunks.append(chunk)
-            if time.monotonic() > deadline:
+            # A complete answer that arrived late still counts: Meta may have taken the events.
+            if time.monotonic() > deadline and (length is None or size < length):
                 raise _AnswerRefused(
                     Verdict(
                         "transient",

@@ -210,6 +210,16 @@ class RedisLink:
         for chunk in _chunks(entries):
             self.client.xclaim(self.keys.events, GROUP, consumer, 0, list(chunk), justid=True)
 
+    def forget_consumers(self, *, idle_seconds: float, keep: str) -> int:
+        """Delete consumers with nothing pending that have not read for ``idle_seconds`` (hosts
+        gone for good: every deploy adds a consumer name); never ``keep``. How many went."""
+        gone = 0
+        for c in self.client.xinfo_consumers(self.keys.events, GROUP):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            if name != keep and int(c["pending"]) == 0 and int(c["idle"]) > idle_seconds * 1000:
+                gone += int(self.client.xgroup_delconsumer(self.keys.events, GROUP, name) == 0)
+        return gone
+
     def requeue(self, entries: Sequence[bytes]) -> None:
         """Put held entries back at the stream's end for any consumer."""
         for chunk in _chunks(entries):

@@ -78,6 +78,10 @@ class RedisStore:
         refresh_interval: seconds between two readings of the fleet's books when idle.
         max_dead_letters: the dead-letter stream is trimmed to about this many entries.
         socket_timeout: seconds for one Redis command (URLs only; a client keeps its own).
+        forget_consumers_after: a consumer (a process of some host) with nothing pending that
+            has not read for this many seconds is gone: it is deleted from the group, so the
+            group does not grow by one name at every deploy. A live sender reads every few
+            seconds.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class RedisStore:
         refresh_interval: float = 1.0,
         max_dead_letters: int = 100_000,
         socket_timeout: float = 1.0,
+        forget_consumers_after: float = 3600.0,
     ) -> None:
         for name, value in (
             ("memory_fallback", memory_fallback),
@@ -114,6 +119,7 @@ class RedisStore:
             ("reconnect_max", reconnect_max),
             ("refresh_interval", refresh_interval),
             ("socket_timeout", socket_timeout),
+            ("forget_consumers_after", forget_consumers_after),
         ):
             if not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e9:
                 raise ValueError(f"{name}: must be a non-negative number of seconds")
@@ -136,6 +142,7 @@ class RedisStore:
             "refresh_interval": float(refresh_interval),
         }
         self._max_held = max_held
+        self._forget_after = float(forget_consumers_after)
         self._wait_timeout = float(wait_timeout)
         self._closed = False
         self._init_process_state()
@@ -164,6 +171,7 @@ class RedisStore:
         self._next_renew = 0.0  # monotonic
         self._next_autoclaim = 0.0  # monotonic
         self._autoclaim_cursor = "0-0"
+        self._next_forget = 0.0  # monotonic
         self._paused_until = 0.0  # wall clock: every pixel paused (read from Redis)
         self._pixel_paused: dict[str, float] = {}
 
@@ -382,6 +390,8 @@ class RedisStore:
             self._autoclaim_cursor = cursor.decode()
             if self._autoclaim_cursor == "0-0":
                 self._next_autoclaim = mono + max(0.2, self._lease_seconds / 4)
+                if mono >= self._next_forget:
+                    self._forget_gone_consumers(mono)
         out: list[StoredEvent] = []
         malformed: dict[str, list[bytes]] = {}
         step = ENTRY_FIELDS + 1
@@ -417,6 +427,17 @@ class RedisStore:
             )
             self._bury(ids, DeadLetter("malformed", message=reason))
         return out
+
+    def _forget_gone_consumers(self, mono: float) -> None:
+        """After a full autoclaim pass (their entries are taken): delete consumers long gone."""
+        self._next_forget = mono + min(300.0, max(1.0, self._forget_after / 4))
+        try:
+            gone = self._link.forget_consumers(idle_seconds=self._forget_after, keep=self.consumer)
+        except self._errors as exc:
+            self._outbound.failed("forget consumers", exc)
+            return
+        if gone:
+            logger.info("capi outbox %s: %d consumers gone for good forgotten", self.where, gone)
 
     def _note_pauses(self, flat: Sequence[bytes], now: float) -> None:
         pixel: dict[str, float] = {}

@@ -16,13 +16,14 @@ renders into a ``Set-Cookie`` header was validated first (or minted here).
 from __future__ import annotations
 
 import functools
-import ipaddress
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
+
+from capi_middleware.rules.cookie_domain import cookie_domain_for, is_domain_name, subdomain_index
 
 __all__ = [
     "COOKIE_MAX_AGE",
@@ -30,21 +31,17 @@ __all__ = [
     "FBP_COOKIE",
     "CookiePlan",
     "KeptCookies",
-    "cookie_domain_for",
     "extract_fbclid",
     "fbc_click_id",
-    "find_cookies",
     "is_valid_fbc",
     "is_valid_fbp",
     "keep_cookies",
     "mint_fbc",
     "mint_fbp",
-    "parse_cookie_header",
     "plan_cookies",
     "plan_from_kept",
     "render_set_cookie",
     "set_cookie_attributes",
-    "subdomain_index",
 ]
 
 FBC_COOKIE = "_fbc"
@@ -52,10 +49,6 @@ FBP_COOKIE = "_fbp"
 COOKIE_MAX_AGE = 7_776_000  # 90 days, as Meta's pixel and Parameter Builder set them.
 
 MAX_FBCLID_LENGTH = 1000
-# Work caps for what a visitor controls. Browsers send at most ~4 KB per cookie and servers cap
-# a header line at 8-16 KB; past these we stop looking rather than spend time on a hostile header.
-MAX_COOKIE_HEADER = 32 * 1024
-MAX_COOKIE_PAIRS = 300
 
 # The earliest creation time we believe (2010-01-01, before Meta's first-party cookies existed):
 # a 10-digit value is seconds, a common bug, and Meta wants milliseconds.
@@ -87,80 +80,6 @@ _MAX_FBP_LENGTH = 3 + 3 + 14 + 11 + 9
 # formats above (a strict subset of RFC 6265 cookie-octets: no ; , " \ space or controls).
 _COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _COOKIE_VALUE_RE = re.compile(r"[A-Za-z0-9._~-]{1,2048}")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_LABEL_RE = re.compile(_LABEL)
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
-
-
-# -- reading ------------------------------------------------------------------------------------
-
-
-def parse_cookie_header(header: str) -> dict[str, str]:
-    """Parse a ``Cookie`` request header into ``{name: value}``.
-
-    Tolerant like Starlette's ``cookie_parser`` (split on ``;``, a chunk without ``=`` is a value
-    with an empty name, surrounding whitespace and one pair of double quotes are stripped), but the
-    *first* occurrence of a name wins: browsers send the most specific (longest path, then oldest)
-    cookie first, which is the one the page's own JavaScript reads. Never raises; at most
-    `MAX_COOKIE_HEADER` characters and `MAX_COOKIE_PAIRS` pairs are looked at.
-    """
-    if not isinstance(header, str) or not header:
-        return {}
-    if len(header) > MAX_COOKIE_HEADER:
-        # Cut at a separator so no value is read truncated (a cut _fbp could still look valid).
-        cut = header.rfind(";", 0, MAX_COOKIE_HEADER)
-        header = header[:cut] if cut > 0 else ""
-    cookies: dict[str, str] = {}
-    for chunk in header.split(";", MAX_COOKIE_PAIRS)[:MAX_COOKIE_PAIRS]:
-        name, equals, value = chunk.partition("=")
-        if not equals:
-            name, value = "", chunk
-        name = name.strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        if (name or value) and name not in cookies:
-            cookies[name] = value
-    return cookies
-
-
-def find_cookies(header: str, names: Sequence[str]) -> dict[str, str] | None:
-    """``parse_cookie_header(header)`` restricted to ``names``, found with ``str.find``.
-
-    Capture needs three to five cookies of a header that often holds thirty (analytics, session,
-    A/B tests); building the whole dict in Python is most of the cost of a visitor's first
-    request. Same rules as `parse_cookie_header` (first occurrence wins, whitespace and one pair
-    of double quotes stripped; tests/test_cookies.py compares the two on generated headers).
-    Returns None when the header is past `parse_cookie_header`'s caps: the caller parses it.
-    """
-    if len(header) > MAX_COOKIE_HEADER or header.count(";") >= MAX_COOKIE_PAIRS:
-        return None
-    found: dict[str, str] = {}
-    for name in names:
-        # A name parse_cookie_header can never produce (empty, padded, with "=" or ";") is skipped.
-        if not name or name != name.strip() or "=" in name or ";" in name:
-            continue
-        at = header.find(name)
-        while at >= 0:
-            after = at + len(name)
-            # The chunk is what lies between two ";"; its name is what precedes its first "=".
-            chunk_start = header.rfind(";", 0, at) + 1
-            chunk_end = header.find(";", after)
-            if chunk_end < 0:
-                chunk_end = len(header)
-            equals = header.find("=", after, chunk_end)
-            if (
-                equals >= 0
-                and not header[chunk_start:at].strip()
-                and not header[after:equals].strip()
-            ):
-                value = header[equals + 1 : chunk_end].strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                found[name] = value
-                break  # the first occurrence wins
-            at = header.find(name, after)
-    return found
 
 
 def _valid_click_id(value: object) -> bool:
@@ -279,111 +198,6 @@ def fbc_click_id(value: str) -> str | None:
     return match[3] if match is not None else None
 
 
-# -- cookie domain ------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _public_suffix_list() -> Any:
-    # Built once, lazily (~40 ms): the package bundles the full list, ICANN and private sections.
-    # Browsers apply the private section too (github.io, appspot.com), so a cookie for
-    # example.github.io must not be set on github.io.
-    from publicsuffixlist import PublicSuffixList
-
-    return PublicSuffixList()
-
-
-def _host_name(host: str) -> tuple[str, bool] | None:
-    """(lowercase host name without port, is_ip) for a Host header value, or None for junk."""
-    if not isinstance(host, str):
-        return None
-    host = host.strip().lower()
-    if not host or len(host) > 260:
-        return None
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1 :]
-        if end < 0 or (rest and not (rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit())):
-            return None
-        return (host[1:end], True)
-    if host.count(":") > 1:  # an unbracketed IPv6 literal
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return None
-        return (host, True)
-    name, _, port = host.partition(":")
-    if port and not (port.isascii() and port.isdigit()):
-        return None
-    if not name or len(name) > 253:
-        return None
-    labels = name.split(".")
-    # A numeric last label makes a browser parse the whole host as IPv4 (WHATWG URL: "1.2.3"
-    # is 1.2.0.3), so treat it as an IP host.
-    if labels[-1].isascii() and labels[-1].isdigit():
-        return (name, True)
-    if not all(_LABEL_RE.fullmatch(label) for label in labels):
-        return None  # junk, non-ASCII (not punycode), or a trailing dot: host-only is safest
-    return (name, False)
-
-
-def _registrable_domain(name: str) -> str | None:
-    if "." not in name:
-        return None  # localhost and other single-label hosts
-    result = _public_suffix_list().privatesuffix(name)
-    return result if isinstance(result, str) else None
-
-
-@functools.lru_cache(maxsize=1024)
-def _cookie_domain_cached(host: str, override: str | None) -> str | None:
-    parsed = _host_name(host)
-    if parsed is None or parsed[1]:
-        return None
-    name = parsed[0]
-    if override is not None:
-        override = override.strip().lstrip(".").lower()
-        if not _DOMAIN_RE.fullmatch(override):
-            return None
-        if name != override and not name.endswith("." + override):
-            # A Domain the request's host is not inside would be rejected by the browser.
-            return None
-        # Nor will a browser accept a public suffix (co.uk, github.io) as Domain.
-        return override if _registrable_domain(override) is not None else None
-    return _registrable_domain(name)
-
-
-def cookie_domain_for(host: str, override: str | None) -> str | None:
-    """The ``Domain`` attribute for ``_fbc``/``_fbp`` on a request to ``host``; None = host-only.
-
-    Default: the registrable domain (eTLD+1) by the Public Suffix List, ICANN and private
-    sections: ``www.example.co.uk`` -> ``example.co.uk``, never ``co.uk``. None for localhost and
-    other single-label hosts, IP hosts, hosts that are themselves a public suffix, and junk.
-    ``override`` (the ``cookie_domain`` option) wins when the host is that domain or inside it;
-    otherwise the cookie is host-only. The port is ignored. Cached per host (bounded LRU).
-    """
-    if not isinstance(host, str) or len(host) > 260:
-        return None
-    try:
-        return _cookie_domain_cached(host, override)
-    except Exception:  # pragma: no cover - defensive: this runs inside the host app's request
-        return None
-
-
-def subdomain_index(domain: str | None, host: str) -> int:
-    """The second segment of a minted cookie: labels in the cookie's domain minus 1.
-
-    ``com`` = 0, ``example.com`` = 1, ``www.example.com`` = 2 (Meta). For a host-only cookie
-    (``domain`` None) the cookie's domain is the host itself, so its labels count; an IP host, or a
-    host we cannot read, is 0 -- as Meta's capi-param-builder does for IP hosts, and as its count
-    gives for ``localhost``.
-    """
-    if domain:
-        return domain.count(".")
-    parsed = _host_name(host)
-    if parsed is None or parsed[1]:
-        return 0
-    return min(parsed[0].count("."), 99)
-
-
 # -- minting and rendering ----------------------------------------------------------------------
 
 
@@ -451,7 +265,7 @@ def set_cookie_attributes(domain: str | None, secure: bool, max_age: int = COOKI
 @functools.lru_cache(maxsize=256)
 def _attributes(domain: str | None, secure: bool, max_age: int) -> str:
     # Raising is never cached: an invalid domain is checked again on every call.
-    if domain is not None and not _DOMAIN_RE.fullmatch(domain):
+    if domain is not None and not is_domain_name(domain):
         raise ValueError("render_set_cookie: invalid domain")
     parts = ["", "Path=/"]
     if domain is not None:
@@ -527,16 +341,14 @@ def keep_cookies(
     kept_fbc = fbc_match.string if fbc_match is not None else None
     kept_fbp = fbp if _valid_fbp(fbp, now_ms) else None
     # Both values matched the cookie formats above, a subset of what render_set_cookie accepts.
-    # Positional, in the fields' order (fbc, fbc_click_id, fbp, subdomain_index, attributes,
-    # fbc_header, fbp_header): a NamedTuple built from keywords costs twice as much.
     return KeptCookies(
-        kept_fbc,
-        fbc_match[3] if fbc_match is not None else None,
-        kept_fbp,
-        index,
-        attributes,
-        f"{FBC_COOKIE}={kept_fbc}{attributes}" if kept_fbc is not None else None,
-        f"{FBP_COOKIE}={kept_fbp}{attributes}" if kept_fbp is not None else None,
+        fbc=kept_fbc,
+        fbc_click_id=fbc_match[3] if fbc_match is not None else None,
+        fbp=kept_fbp,
+        subdomain_index=index,
+        attributes=attributes,
+        fbc_header=f"{FBC_COOKIE}={kept_fbc}{attributes}" if kept_fbc is not None else None,
+        fbp_header=f"{FBP_COOKIE}={kept_fbp}{attributes}" if kept_fbp is not None else None,
     )
 
 
@@ -607,4 +419,4 @@ def plan_from_kept(
             wanted = resend is None or bool(resend())
         if wanted:
             headers.append(kept.fbp_header)
-    return CookiePlan(fbc, fbp, tuple(headers))
+    return CookiePlan(fbc=fbc, fbp=fbp, set_cookie=tuple(headers))

@@ -6,6 +6,8 @@ The rule's full table lives in tests/rules/test_client_ip.py; this checks the wi
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capi_middleware.asgi import CAPIMiddleware
+from capi_middleware.wsgi import CAPIWSGIMiddleware
 
 pytestmark = pytest.mark.anyio
 
@@ -94,3 +97,16 @@ async def test_fbi_behind_a_trusted_proxy() -> None:
     assert body["client_ip"] == V6
     body = await fetch(app, f"_fbi={V6}", peer="10.0.0.1", **{"x-forwarded-for": OWN_V6})
     assert body["client_ip"] == OWN_V6
+
+
+def test_fbi_through_the_wsgi_adapter() -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("content-type", "application/json")])
+        return [json.dumps({"client_ip": environ["capi"].client_ip}).encode()]
+
+    wrapped = CAPIWSGIMiddleware(app, dry_run=True, consent=True)
+    transport = httpx.WSGITransport(app=wrapped, remote_addr=V4)
+    with httpx.Client(transport=transport, base_url="https://shop.example.com") as client:
+        assert client.get("/", headers={"cookie": f"_fbi={V6}"}).json() == {"client_ip": V6}
+        assert client.get("/", headers={"cookie": "_fbi=fd00::1"}).json() == {"client_ip": V4}
+        assert client.get("/").json() == {"client_ip": V4}

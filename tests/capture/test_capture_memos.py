@@ -16,7 +16,7 @@ from capi_middleware.capture.pipeline import CapturePipeline
 from capi_middleware.client import CAPIClient
 from capi_middleware.config import CAPIConfig
 from capi_middleware.rules import page_url
-from capi_middleware.rules.cookies import parse_cookie_header
+from capi_middleware.rules.cookie_header import parse_cookie_header
 
 DAY_MS = 24 * 3600 * 1000
 NOW_MS = 1_700_000_000_000

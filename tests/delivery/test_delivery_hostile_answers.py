@@ -198,6 +198,32 @@ def test_an_answer_dripped_slowly_is_cut_at_the_requests_deadline(
     assert "timeout" in lines[0]
 
 
+def late(conn: socket.socket, n: int) -> None:
+    """A correct 200 whose head comes after 0.3 s and whole body 0.35 s later."""
+    time.sleep(0.3)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(OK_BODY)
+    )
+    time.sleep(0.35)
+    conn.sendall(OK_BODY)
+
+
+def test_a_complete_answer_that_arrives_after_the_deadline_still_counts(
+    closing: list[Sender],
+) -> None:
+    # Each wait is within the 0.5 s read timeout; the whole is past the deadline, but complete:
+    # Meta took the events, so sending them again would only make duplicates.
+    with RawServer([late]) as server:
+        sender = _sender(server.url, timeout=0.5)
+        closing.append(sender)
+        assert sender.submit(_event()).ok
+        assert sender.flush(WAIT)
+        stats = _balanced(sender.stats())
+        assert (stats.delivered, stats.retried) == (1, 0)
+        assert server.requests == 1
+
+
 @pytest.mark.parametrize("declare", [True, False], ids=["content-length", "chunked-or-close"])
 def test_a_huge_answer_is_not_read_past_the_cap(
     closing: list[Sender], caplog: pytest.LogCaptureFixture, declare: bool

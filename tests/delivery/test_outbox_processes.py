@@ -561,7 +561,9 @@ def test_a_broken_outbox_keeps_requests_working_and_events_flowing(
         expected_log = "SQLITE_FULL"
     fake.down = True
     server = servers.start(trouble, **knobs)
-    with httpx.Client(base_url=server.base, timeout=30) as client:
+    with httpx.Client(
+        base_url=server.base, timeout=30, headers={"user-agent": "Mozilla/5.0"}
+    ) as client:
         answers = [client.post(f"/buy?n={i}") for i in range(n)]
     assert [a.status_code for a in answers] == [200] * n  # nothing raised into the app
     bought = [a.json() for a in answers]

@@ -442,3 +442,26 @@ def test_a_new_sender_delivers_what_the_stream_holds_without_traffic(
     assert wait_until(lambda: sender.stats().backlog == 0)
     stats = assert_balanced(sender.stats())
     assert stats.delivered == 5
+
+
+def test_consumers_gone_for_good_are_forgotten_but_not_while_they_hold_entries(
+    outbox: str, redis_server: RedisServer, stores: list[RedisStore]
+) -> None:
+    store = RedisStore(outbox, forget_consumers_after=0.2)
+    stores.append(store)
+    store.put([new_event(1)], wait=True)
+    client = redis.Redis.from_url(redis_server.url)
+    events = store.keys.events
+    client.xgroup_createconsumer(events, "senders", "gone-idle:1:0")  # holds nothing
+    client.xreadgroup("senders", "gone-holding:2:0", {events: ">"}, count=1)  # holds ev-1
+
+    def names() -> set[str]:
+        return {c["name"].decode() for c in client.xinfo_consumers(events, "senders")}
+
+    assert {"gone-idle:1:0", "gone-holding:2:0"} <= names()
+    time.sleep(0.25)  # both consumers go idle for longer than forget_consumers_after
+    assert wait_until(
+        lambda: not store.claim(10, lease_seconds=60, now=time.time())
+        and "gone-idle:1:0" not in names()
+    )
+    assert "gone-holding:2:0" in names()  # its entry would be stranded: kept until taken over

@@ -7,24 +7,21 @@ import re
 
 import pytest
 
+from capi_middleware.rules.cookie_domain import cookie_domain_for, subdomain_index
+from capi_middleware.rules.cookie_header import MAX_COOKIE_HEADER, find_cookies, parse_cookie_header
 from capi_middleware.rules.cookies import (
     COOKIE_MAX_AGE,
     FBC_COOKIE,
     FBP_COOKIE,
-    MAX_COOKIE_HEADER,
     CookiePlan,
-    cookie_domain_for,
     extract_fbclid,
     fbc_click_id,
-    find_cookies,
     is_valid_fbc,
     is_valid_fbp,
     mint_fbc,
     mint_fbp,
-    parse_cookie_header,
     plan_cookies,
     render_set_cookie,
-    subdomain_index,
 )
 
 NOW = 1_760_000_000_000  # fixed "now" for plan_cookies (2025-10-09)
