@@ -27,7 +27,6 @@ from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, MatchQuality, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
-from capi_middleware.rules.custom_data import map_custom_data
 from capi_middleware.rules.describe import describe_event
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.visitor import Visitor
@@ -583,14 +582,11 @@ def _unsent(
     custom_data: Mapping[str, Any],
     problems: tuple[Problem, ...],
 ) -> TrackResult:
-    """A result for an event that was not built, carrying the custom_data the event would have
-    (Meta-shaped), so ``result.fbq()`` renders the same call and the pixel's own consent decides.
+    """A result for an event that was not built, keeping the custom_data given to track(), so
+    ``result.fbq()`` renders the same call and the pixel's own consent decides (mapped only if
+    a page asks: a denial stays cheap).
     """
-    result = _result(event_id, status, name, problems)
-    mapped, custom_problems = map_custom_data(custom_data)
-    if not any(p.fatal for p in custom_problems):
-        result = replace(result, custom_data=mapped)
-    return result
+    return replace(_result(event_id, status, name, problems), pixel_data=custom_data)
 
 
 # Said on a result denied for want of any consent signal, and logged once per process: the

@@ -50,8 +50,11 @@ class TrackResult:
         problems: every problem found (fatal ones make the status ``invalid``; others are
             values that were dropped while the event still went out).
         event_name: the Meta event name (GA4 names mapped).
-        custom_data: the event's Meta-shaped custom_data, for the pixel call (also on a
-            ``denied``, ``dropped`` or ``error`` result: the custom_data the event would carry).
+        custom_data: the event's Meta-shaped custom_data, for the pixel call; empty when no
+            event was built (``denied``, ``invalid``, ``error``).
+        pixel_data: when no event was built, the custom_data given to ``track()``, kept so that
+            `fbq` can still render the same call (mapped as the event would have been, only
+            when a page asks for it).
     """
 
     event_id: str
@@ -59,6 +62,7 @@ class TrackResult:
     problems: tuple[Problem, ...] = ()
     event_name: str = ""
     custom_data: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    pixel_data: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -76,7 +80,11 @@ class TrackResult:
         """
         if self.status == "invalid" or not self.event_name:
             return ""
-        return render_fbq_track(self.event_name, self.custom_data, self.event_id)
+        data = self.custom_data if self.pixel_data is None else self.pixel_data
+        try:
+            return render_fbq_track(self.event_name, data, self.event_id)
+        except ValueError:  # custom_data Meta would reject: the server did not send it either
+            return ""
 
     def pixel_snippet(self, *, nonce: str | None = None) -> str:
         """``<script>fbq(...)</script>`` for a template; ``nonce`` for a CSP ``script-src``.

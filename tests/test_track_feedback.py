@@ -159,3 +159,27 @@ def test_a_configured_policy_without_a_signal_is_not_called_the_default(
     assert body["problems"] == [
         "consent: denied: the request carries none of the consent signals your consent policy reads"
     ]
+
+
+def test_a_denied_event_with_unsendable_custom_data_renders_nothing(fake: FakeGraphAPI) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from capi_middleware import CAPIMiddleware
+
+    async def checkout(request: Request) -> JSONResponse:
+        denied = request.state.capi.track("Purchase", value=float("nan"), currency="USD")
+        fine = request.state.capi.track("Purchase", value=5, currency="USD")
+        return JSONResponse(
+            {"status": denied.status, "pixel": denied.fbq(), "fine": fine.pixel_snippet()}
+        )
+
+    app = CAPIMiddleware(
+        Starlette(routes=[Route("/checkout", checkout, methods=["POST"])]), **_options(fake)
+    )
+    body = _post(app, "/checkout")
+    assert body["status"] == "denied"
+    assert body["pixel"] == ""  # NaN: Meta would reject it, so the pixel gets nothing either
+    assert body["fine"].startswith('<script>fbq(\'track\', "Purchase", {"value": 5, "currency"')

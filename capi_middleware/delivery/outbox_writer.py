@@ -167,8 +167,10 @@ class OutboxWriter:
                 self._reopen_interval,
             )
         else:
+            # Keyed by the kind alone: a full disk trips the write and then the claim, and is
+            # one outage to the operator, logged once until the file works again.
             self._log.error(
-                f"{operation}:{kind}",
+                kind,
                 "capi outbox %s: %s failed (%s); events wait in memory (up to %d) and the file "
                 "is retried every %gs",
                 self.path,
