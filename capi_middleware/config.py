@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from difflib import get_close_matches
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -299,7 +300,12 @@ class CAPIConfig:
         """
         unknown = sorted(set(options) - _OPTION_NAMES)
         if unknown:
-            raise TypeError(f"{owner}: unknown option(s) {', '.join(unknown)}")
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in unknown
+                for close in [get_close_matches(name, _OPTION_NAMES, n=1, cutoff=0.75)]
+            ]
+            raise TypeError(f"{owner}: unknown option(s) {', '.join(hints)}")
         if config is None:
             return cls.from_env(**options)
         return config.replace(**options) if options else config

@@ -162,7 +162,9 @@ def test_a_direct_wrap_with_a_bad_option_keeps_the_app_serving(
     assert response.status_code == 204
     assert seen[0].status == "error"
     assert "unknown option(s) pixle_id" in str(seen[0].problems[0])
-    assert wrapped.client.config_error == "CAPIMiddleware: unknown option(s) pixle_id"
+    assert wrapped.client.config_error == (
+        "CAPIMiddleware: unknown option(s) pixle_id (did you mean pixel_id?)"
+    )
     assert len(_config_errors(caplog)) == 1
 
 
