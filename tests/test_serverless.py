@@ -380,3 +380,31 @@ def test_with_an_outbox_what_a_killed_instance_left_is_sent_by_the_next(
         assert set(fake.event_ids) == {left_id, new_id}
     finally:
         second.kill()
+
+
+@pytest.mark.anyio
+async def test_sync_endpoints_and_client_track_in_the_request_count_too(fake: FakeGraphAPI) -> None:
+    # A sync endpoint runs in a worker thread with a copy of the request's context, and a
+    # client.track() made during the request is the request's event as much as ctx.track().
+    client = serverless_client(fake)
+
+    def sync_lead(request: Request) -> JSONResponse:
+        result = request.state.capi.track("Lead", user_data={"email": "e@example.com"})
+        return JSONResponse({"status": result.status})
+
+    async def crm_lead(request: Request) -> JSONResponse:
+        result = client.track(
+            "Lead", action_source="system_generated", consent=True, user_data={"email": "f@x.org"}
+        )
+        return JSONResponse({"status": result.status})
+
+    app = CAPIMiddleware(
+        Starlette(routes=[Route("/sync", sync_lead), Route("/crm", crm_lead)]), client=client
+    )
+    transport = httpx.ASGITransport(app=app, client=("81.2.69.160", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="https://shop.example.com") as c:
+        for path, count in (("/sync", 1), ("/crm", 2)):
+            response = await c.get(path, headers={"user-agent": BROWSER})
+            assert response.json()["status"] == "queued"
+            assert len(fake.events) == count  # already delivered when the call returned
+    client.close(5.0)

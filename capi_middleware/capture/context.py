@@ -11,7 +11,7 @@ the rules in rules/page_url.py. Nothing here does network I/O or raises into the
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,8 @@ class RequestContext:
         referrer_url: the Referer, when it is an http(s) URL.
         consent: the `ConsentDecision` for this request.
         secure: True when the visitor reached us over https.
+        raw_headers: the ASGI request's headers, lowercase byte names -> raw values (each name
+            once; None under WSGI), for capture's own reads.
 
     ``client_ip``, ``user_agent``, ``event_source_url``, ``referrer_url`` and ``cookies`` are
     worked out on first read (by ``track()`` or the app), not on every request: most requests
@@ -107,7 +109,6 @@ class RequestContext:
         "_host",
         "_peer",
         "_query_string",
-        "_raw_map",
         "_raw_path",
         "_referer",
         "_referrer_url",
@@ -119,6 +120,7 @@ class RequestContext:
         "fbc",
         "fbclid",
         "fbp",
+        "raw_headers",
         "response_cookies",
         "secure",
     )
@@ -154,7 +156,7 @@ class RequestContext:
         ``consent``, ``fbc`` and ``fbp`` and fills ``response_cookies``.
         """
         self._client = client
-        self._raw_map = raw_map
+        self.raw_headers = raw_map
         self._headers = headers
         self._peer = peer
         self._scheme = scheme
@@ -263,7 +265,7 @@ class RequestContext:
         host = self._host
         if host is _UNSET:
             scheme = self._scheme
-            raw_map = self._raw_map
+            raw_map = self.raw_headers
             host = page_host(
                 raw_map.get(b"host") if raw_map is not None else self.header("host"), scheme
             )
@@ -291,7 +293,7 @@ class RequestContext:
     def header(self, name: str) -> str | None:
         """A request header by name (any case); repeated headers joined with ``", "``."""
         key = name.lower()
-        raw_map = self._raw_map
+        raw_map = self.raw_headers
         if raw_map is not None:
             # ASGI: decoded on demand (latin-1 decodes any byte, so a client's junk never
             # raises); Cookie keeps its larger cap.
@@ -434,53 +436,36 @@ class RequestContext:
         )
 
     @property
-    def raw_headers(self) -> Mapping[bytes, bytes] | None:
-        """The ASGI request's headers as lowercase byte names -> raw values (None in WSGI)."""
-        return self._raw_map
-
-    @property
     def failed(self) -> bool:
         """True when capture failed and this context only reports errors."""
         return self._error is not None
 
 
-class ResponseCookies:
-    """The Set-Cookie values one request adds to its response head.
+class ResponseCookies(list[str]):
+    """The Set-Cookie values one request adds to its response head: a list, taken once.
 
-    Capture adds the cookie plan's values, ``track()`` the enhancement cookie; the adapter
-    takes them all once, when the response starts (`take`), after which nothing more is added.
+    Capture appends the cookie plan's values, ``track()`` the enhancement cookie (`replace`);
+    the adapter takes them all once, when the response starts (`take`), after which
+    ``started`` is True and ``track()`` adds nothing more. A plain list underneath, so the
+    check every response makes (is there anything to add?) costs nothing.
     """
 
-    __slots__ = ("_values", "started")
-
-    def __init__(self) -> None:
-        self._values: list[str] = []
-        self.started = False
-
-    def __bool__(self) -> bool:
-        return bool(self._values)
+    started = False
 
     def __repr__(self) -> str:
         # Cookie values identify a visitor: show only their names.
-        names = [value.split("=", 1)[0] for value in self._values]
+        names = [value.split("=", 1)[0] for value in self]
         return f"ResponseCookies(names={names}, started={self.started})"
-
-    def add(self, *values: str) -> None:
-        """Add whole Set-Cookie header values."""
-        self._values.extend(values)
-
-    def extend(self, values: Iterable[str]) -> None:
-        """Add whole Set-Cookie header values."""
-        self._values.extend(values)
 
     def replace(self, name: str, value: str) -> None:
         """Add ``value``, dropping any earlier value for the cookie ``name``."""
         prefix = name + "="
-        self._values = [v for v in self._values if not v.startswith(prefix)]
-        self._values.append(value)
+        self[:] = [v for v in self if not v.startswith(prefix)]
+        self.append(value)
 
     def take(self) -> list[str]:
         """The values for the response head; marks the response as started."""
         self.started = True
-        values, self._values = self._values, []
+        values = list(self)
+        self.clear()
         return values

@@ -307,13 +307,13 @@ class CapturePipeline:
         go out with the response head.
         """
         self.client.count("requests")
-        header = _header_reader(raw_map, headers)
 
         # Client IP, and scheme/host from a trusted proxy (uvicorn's proxy_headers model:
         # forwarded headers are believed only from a trusted peer).
         forwarded_host = None
         client_ip: Any = LAZY
         if self._has_trust:
+            header = _header_reader(raw_map, headers)
             forwarded = {}
             for name in self._trust.header_names:
                 value = header(name)
@@ -340,8 +340,8 @@ class CapturePipeline:
             raw = raw_map.get(b"referer")
             referer = raw[:MAX_HEADER_CHARS].decode("latin-1") if raw is not None else None
         else:
-            cookie_header = header("cookie")
-            referer = header("referer")
+            cookie_header = headers.get("cookie")
+            referer = headers.get("referer")
         fbclid = None
         # fbclid is rare; skip the parse unless its name appears at all.
         if isinstance(query_string, bytes):
@@ -383,7 +383,11 @@ class CapturePipeline:
                 try:
                     # Only a browser gets a new _fbp/_fbc: a webhook, a health check or curl
                     # would otherwise be handed (and tracked with) a browser id of its own.
-                    browser = cookie_header is not None or _browser_made(raw_map, header)
+                    browser = cookie_header is not None or (
+                        _raw_browser_made(raw_map)
+                        if raw_map is not None
+                        else _browser_made(headers.get)
+                    )
                     kept = self._plan(
                         ctx,
                         page,
@@ -787,9 +791,7 @@ def _header_reader(
     return header
 
 
-def _browser_made(
-    raw_map: Mapping[bytes, bytes] | None, header: Callable[[str], str | None]
-) -> bool:
+def _browser_made(header: Callable[[str], str | None]) -> bool:
     """True when a request without a Cookie header still looks like a browser's own.
 
     Browsers send Fetch Metadata (``Sec-Fetch-*``: Chrome 76+, Firefox 90+, Safari 16.4+), ask
@@ -798,8 +800,6 @@ def _browser_made(
     ``PayPal/...``), a load balancer's health check, curl or an HTTP library does none of these.
     `CAPIConfig.no_cookie_paths` covers a server that dresses up as a browser.
     """
-    if raw_map is not None:
-        return _raw_browser_made(raw_map)
     if header("sec-fetch-mode") is not None or header("sec-fetch-dest") is not None:
         return True
     user_agent = header("user-agent")

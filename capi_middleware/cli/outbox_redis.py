@@ -226,18 +226,38 @@ def _letter(entry: bytes, fields: Any) -> dict[str, Any]:
         "event_name": _event_name(fields.get(b"d")),
         "pixel_id": get("p"),
         "reason": get("dead_reason"),
-        "code": None if code is None else int(code),
-        "subcode": None if subcode is None else int(subcode),
+        # A field another tool wrote is shown as it is, never a traceback (issue 10).
+        "code": _as_int(code),
+        "subcode": _as_int(subcode),
         "message": get("dead_message") or "",
         "fbtrace_id": get("dead_fbtrace_id"),
-        "time": _iso(None if dead_at is None else float(dead_at)),
+        "time": _iso_text(dead_at),
     }
+
+
+def _as_int(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _iso_text(value: str | None) -> str:
+    """A stored Unix time as ISO 8601 UTC; ``-`` when absent; the text itself when not a time."""
+    if value is None:
+        return "-"
+    try:
+        return _iso(float(value))
+    except (ValueError, OverflowError, OSError):
+        return value
 
 
 def _event_name(payload: bytes | None) -> str | None:
     try:
         name = json.loads(payload or b"").get("event_name")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return name if isinstance(name, str) else None
 

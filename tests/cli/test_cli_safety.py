@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,39 @@ def test_check_escapes_what_it_prints(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "\r" not in out
+
+
+@pytest.mark.parametrize("argv", [["dead"], ["dead", "--json"], ["status"], ["status", "--json"]])
+def test_the_redis_outbox_prints_any_entry_safely(
+    redis_server: Any, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    import uuid
+
+    import redis
+
+    prefix = f"safety{uuid.uuid4().hex[:8]}"
+    url = f"{redis_server.url}?prefix={prefix}"
+    client = redis.Redis.from_url(redis_server.url)
+    # Dead letters as another tool (or a bad hand edit) might leave them.
+    client.xadd(
+        f"{prefix}:dead",
+        {
+            "i": b"ev\x1b[2J",
+            "p": b"\xff\xfe",
+            "dead_reason": b"rejected\r",
+            "dead_code": b"oops",
+            "dead_subcode": b"1e5",
+            "dead_at": b"yesterday",
+            "dead_message": ESCAPES.encode(),
+            "d": b"[" * 100_000,
+        },
+    )
+    client.xadd(f"{prefix}:dead", {"dead_at": b"1e300", "dead_code": b"100", "d": b"{}"})
+    client.close()
+    assert main(["outbox", argv[0], url, *argv[1:]]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    for control in ("\x1b", "\r", "\u202e"):
+        assert control not in out.out
+    if "--json" in argv and argv[0] == "dead":
+        assert [json.loads(line)["code"] for line in out.out.splitlines()] == [100, "oops"]
