@@ -461,7 +461,9 @@ def test_consumers_gone_for_good_are_forgotten_but_not_while_they_hold_entries(
     assert {"gone-idle:1:0", "gone-holding:2:0"} <= names()
     time.sleep(0.25)  # both consumers go idle for longer than forget_consumers_after
     assert wait_until(
-        lambda: not store.claim(10, lease_seconds=60, now=time.time())
-        and "gone-idle:1:0" not in names()
+        lambda: (
+            not store.claim(10, lease_seconds=60, now=time.time())
+            and "gone-idle:1:0" not in names()
+        )
     )
     assert "gone-holding:2:0" in names()  # its entry would be stranded: kept until taken over
