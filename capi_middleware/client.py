@@ -21,7 +21,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from capi_middleware.config import CAPIConfig
+from capi_middleware.config import CAPIConfig, misnamed_variables
 from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
@@ -123,9 +123,14 @@ class CAPIClient:
                 "Test Events only (remove it in production)"
             )
         if not config.destinations() and not config.dry_run:
+            typos = "".join(
+                f"; {name} is set but not read: did you mean {meant}?"
+                for name, meant in misnamed_variables()
+            )
             logger.warning(
                 "capi_middleware: no pixel_id [META_PIXEL_ID] / access_token [META_ACCESS_TOKEN] "
-                "configured; events will be dropped (set both, or dry_run=True [META_DRY_RUN])"
+                "configured; events will be dropped (set both, or dry_run=True [META_DRY_RUN])%s",
+                typos,
             )
 
     @classmethod

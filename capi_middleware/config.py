@@ -13,10 +13,11 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from difflib import get_close_matches
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["CAPIConfig", "Destination", "option_label"]
+__all__ = ["CAPIConfig", "Destination", "misnamed_variables", "option_label"]
 
 _PIXEL_ID = re.compile(r"^[0-9]{1,32}$")
 _API_VERSION = re.compile(r"^v[0-9]{1,3}\.[0-9]{1,2}$")
@@ -299,7 +300,12 @@ class CAPIConfig:
         """
         unknown = sorted(set(options) - _OPTION_NAMES)
         if unknown:
-            raise TypeError(f"{owner}: unknown option(s) {', '.join(unknown)}")
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in unknown
+                for close in [get_close_matches(name, _OPTION_NAMES, n=1, cutoff=0.75)]
+            ]
+            raise TypeError(f"{owner}: unknown option(s) {', '.join(hints)}")
         if config is None:
             return cls.from_env(**options)
         return config.replace(**options) if options else config
@@ -353,6 +359,21 @@ _ENV_VARS = {
     "cookie_domain": "META_COOKIE_DOMAIN",
     "default_country": "META_DEFAULT_COUNTRY",
 }
+
+
+def misnamed_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``META_*`` variables that are set but read by no option, each with the variable it is
+    closest to (a likely typo: ``META_PIXELID`` for ``META_PIXEL_ID``). Others are left out:
+    another tool may own them."""
+    env = os.environ if environ is None else environ
+    known = set(_ENV_VARS.values())
+    found = []
+    for name in sorted(env):
+        if name.startswith("META_") and name not in known:
+            close = get_close_matches(name, known, n=1, cutoff=0.8)
+            if close:
+                found.append((name, close[0]))
+    return found
 
 
 _REDIS_SCHEMES = ("redis://", "rediss://")

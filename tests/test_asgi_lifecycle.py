@@ -82,7 +82,9 @@ def test_an_unknown_option_turns_tracking_off_naming_it() -> None:
     # Never raised: under add_middleware the constructor runs inside the first request
     # (tests/test_config_errors.py has the whole story).
     mw = CAPIMiddleware(noop_app(), pixle_id="1")
-    assert mw.client.config_error == "CAPIMiddleware: unknown option(s) pixle_id"
+    assert mw.client.config_error == (
+        "CAPIMiddleware: unknown option(s) pixle_id (did you mean pixel_id?)"
+    )
 
 
 def test_a_bad_option_turns_tracking_off_naming_it() -> None:

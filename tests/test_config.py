@@ -163,6 +163,11 @@ def test_from_env_bad_bool_names_the_variable() -> None:
 def test_from_options_rejects_unknown_keywords_and_overrides_a_config() -> None:
     with pytest.raises(TypeError, match="CAPIMiddleware: unknown option"):
         CAPIConfig.from_options("CAPIMiddleware", None, {"pixelid": "1"})
+    with pytest.raises(TypeError) as info:
+        CAPIConfig.from_options("X", None, {"trusted_proxy": "10.0.0.1", "colour": "red"})
+    assert str(info.value) == (
+        "X: unknown option(s) colour, trusted_proxy (did you mean trusted_proxies?)"
+    )
     base = CAPIConfig(pixel_id="1", access_token=TOKEN)
     assert CAPIConfig.from_options("X", base, {}) is base
     assert CAPIConfig.from_options("X", base, {"dry_run": True}).dry_run is True

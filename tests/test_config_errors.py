@@ -162,7 +162,9 @@ def test_a_direct_wrap_with_a_bad_option_keeps_the_app_serving(
     assert response.status_code == 204
     assert seen[0].status == "error"
     assert "unknown option(s) pixle_id" in str(seen[0].problems[0])
-    assert wrapped.client.config_error == "CAPIMiddleware: unknown option(s) pixle_id"
+    assert wrapped.client.config_error == (
+        "CAPIMiddleware: unknown option(s) pixle_id (did you mean pixel_id?)"
+    )
     assert len(_config_errors(caplog)) == 1
 
 
@@ -219,3 +221,18 @@ def test_wsgi_logs_once_at_start_and_passes_every_request_through(
     assert "access_token [META_ACCESS_TOKEN]: not set" in bought.json()["problems"][0]
     assert bought.headers.get_list("set-cookie") == []
     assert len(_config_errors(caplog)) == 1
+
+
+def test_a_misspelled_variable_is_named_in_the_no_pixel_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in [n for n in os.environ if n.startswith("META_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("META_PIXELID", "1234567890")
+    monkeypatch.setenv("META_ACESS_TOKEN", "EAAB-test-token")
+    with caplog.at_level(logging.WARNING, logger="capi_middleware"):
+        CAPIWSGIMiddleware(lambda environ, start_response: [])
+    (said,) = [r.getMessage() for r in caplog.records if "events will be dropped" in r.getMessage()]
+    assert "META_ACESS_TOKEN is set but not read: did you mean META_ACCESS_TOKEN?" in said
+    assert "META_PIXELID is set but not read: did you mean META_PIXEL_ID?" in said
+    assert "EAAB-test-token" not in said

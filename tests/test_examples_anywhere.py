@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,13 +41,12 @@ SHOPPER_UA = (
 FBCLID = "IwAR_webhook-Click_7"
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGraphAPI]:
-    with FakeGraphAPI() as api:
-        monkeypatch.setenv("META_PIXEL_ID", FAKE_PIXEL_ID)
-        monkeypatch.setenv("META_ACCESS_TOKEN", FAKE_ACCESS_TOKEN)
-        monkeypatch.setenv("META_GRAPH_URL", api.url)
-        yield api
+@pytest.fixture(autouse=True)
+def meta_env(fake: FakeGraphAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples read META_* as users run them: point those at the fake."""
+    monkeypatch.setenv("META_PIXEL_ID", FAKE_PIXEL_ID)
+    monkeypatch.setenv("META_ACCESS_TOKEN", FAKE_ACCESS_TOKEN)
+    monkeypatch.setenv("META_GRAPH_URL", fake.url)
 
 
 def load(relative: str) -> ModuleType:

@@ -321,7 +321,9 @@ def test_each_thread_sees_its_own_request() -> None:
 def test_options_config_and_env() -> None:
     # Never raised into a request, nor at start (tests/test_config_errors.py): tracking is off.
     rejected = CAPIWSGIMiddleware(json_app, pixle_id="1")
-    assert rejected.client.config_error == "CAPIWSGIMiddleware: unknown option(s) pixle_id"
+    assert rejected.client.config_error == (
+        "CAPIWSGIMiddleware: unknown option(s) pixle_id (did you mean pixel_id?)"
+    )
     base = CAPIConfig(pixel_id="123", access_token="secret-token-value", dry_run=True)
     app = CAPIWSGIMiddleware(json_app, config=base, consent=True)
     assert app.config.pixel_id == "123"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from capi_middleware.cli.terminal import printable, redact
-from capi_middleware.config import CAPIConfig
+from capi_middleware.config import CAPIConfig, misnamed_variables
 from capi_middleware.results import describe_match_keys
 
 __all__ = ["main"]
@@ -180,6 +180,8 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     from capi_middleware.rules.validation import validate_event
 
     problems_found = 0
+    for name, meant in misnamed_variables():
+        print(f"config: warning: {name} is set but not read; did you mean {meant}?", file=out)
     try:
         config = CAPIConfig.from_env()
     except ValueError as exc:

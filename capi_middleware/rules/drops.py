@@ -79,13 +79,14 @@ DROP_REASONS: frozenset[str] = frozenset(
 class DroppedValue(Problem):
     """A `Problem` for one ``user_data`` value that was dropped, in a form a counter can group.
 
-    Parameters (besides `Problem`'s; ``fatal`` is always False):
+    Parameters (besides `Problem`'s; ``fatal`` defaults to False: the event still goes out):
         key: the Meta key the value was given for (``"ph"``, ``"em"``, ``"fbc"``, ...), whatever
             spelling the caller used (``"phone"`` is ``"ph"``).
         reason: why, one of `DROP_REASONS` (``"no country code"``, ``"not an email"``, ...).
             ``message`` says the same in words, with how to fix it. Neither holds the value.
     """
 
+    fatal: bool = False
     key: str = ""
     reason: str = INTERNAL_ERROR
 

@@ -128,3 +128,19 @@ def test_send_test_event_purchase_without_currency_says_so(
     )
     assert code == 1
     assert "custom_data.currency" in capsys.readouterr().out
+
+
+def test_check_names_a_misspelled_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("META_PIXELID", "123")
+    monkeypatch.setenv("META_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("META_SOMETHING_ELSE", "x")  # another tool's: not ours to judge
+    assert main(["check", "--config-only"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == (
+        "config: warning: META_PIXELID is set but not read; did you mean META_PIXEL_ID?"
+    )
+    assert "META_SOMETHING_ELSE" not in out
+    assert TOKEN not in out
+    assert "123" not in out

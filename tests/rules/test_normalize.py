@@ -1217,3 +1217,11 @@ def test_country_names_answer_alike_in_any_order_and_from_any_thread() -> None:
             check=True,
             timeout=120,
         )
+
+
+def test_a_dropped_value_is_never_fatal_by_default_and_names_no_value() -> None:
+    dropped = DroppedValue(
+        "user_data.ph", "no country code; dropped", key="ph", reason="no country code"
+    )
+    assert dropped.fatal is False
+    assert str(dropped) == "user_data.ph: no country code; dropped"
