@@ -55,6 +55,9 @@ _MAX_ADDRESS_LENGTH = 100
 # A forwarding header past this is hostile or broken. X-Forwarded-For is read from its right end
 # (where trusted proxies append), Forwarded is not read at all.
 MAX_FORWARDED_HEADER = 8 * 1024
+# Hops read from a forwarding header, from its right end (where trusted proxies append). A real
+# chain has a handful; past this a header is hostile, and walking it costs Python work per entry.
+MAX_FORWARDED_HOPS = 64
 
 FBI_COOKIE = "_fbi"
 # The longest _fbi we read: an IPv6 with an embedded IPv4 (45), percent-encoded colons (x3),
@@ -75,6 +78,7 @@ _FORWARDED_PAIR_RE = re.compile(
     r'[ \t]*([A-Za-z][A-Za-z0-9_.-]*)[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^;,"\s]*)[ \t]*([;,]?)'
 )
 _QUOTED_PAIR_RE = re.compile(r"\\(.)")
+_SEPARATOR_RE = re.compile(r"[;,]")
 
 # Not globally routable, yet `is_global` is True for them in some Python versions (the special-
 # purpose registries were only applied fully in 3.11.10 / 3.12.4 / 3.13): documentation, CGNAT,
@@ -290,10 +294,16 @@ _NOTHING = ForwardedInfo(None, None, None)
 
 
 def _list_entries(value: str | None) -> list[str]:
-    """Comma-separated header entries, stripped, empties dropped (they carry no claim)."""
+    """Comma-separated header entries, stripped, empties dropped (they carry no claim).
+
+    At most the rightmost `MAX_FORWARDED_HOPS` (split at C speed from the right end).
+    """
     if not value:
         return []
-    return [e for e in (part.strip() for part in value.split(",")) if e]
+    parts = value.rsplit(",", MAX_FORWARDED_HOPS)
+    if len(parts) > MAX_FORWARDED_HOPS:
+        del parts[0]
+    return [e for e in (part.strip() for part in parts) if e]
 
 
 def _unquote(raw: str) -> str:
@@ -319,11 +329,12 @@ def _parse_forwarded(value: str) -> list[dict[str, str]]:
                 if separator == ",":
                     elements.append({})
                 continue
-        # Junk: resume after the next separator.
-        cuts = [i for i in (value.find(";", pos), value.find(",", pos)) if i >= 0]
-        if not cuts:
+        # Junk: resume after the next separator (one search, which stops there: linear work
+        # over the whole header however many junk pairs it holds).
+        cut = _SEPARATOR_RE.search(value, pos)
+        if cut is None:
             break
-        pos = min(cuts)
+        pos = cut.start()
         if value[pos] == ",":
             elements.append({})
         pos += 1
@@ -447,6 +458,8 @@ def _from_x_forwarded(
         # first entry of the cut is dropped, since it may be a fragment.
         xff = xff[-MAX_FORWARDED_HEADER:].partition(",")[2]
         xff_truncated = True
+    if xff and xff.count(",") >= MAX_FORWARDED_HOPS:
+        xff_truncated = True  # only the rightmost hops are read (_list_entries)
     xff_entries = _list_entries(xff)
     chosen: int | None = None
     if xff_entries:
@@ -466,7 +479,12 @@ def _from_forwarded(
     peer: str, forwarded: str | None, trust: ProxyTrust
 ) -> tuple[str | None, str | None, str | None]:
     """(client, proto, host) from RFC 7239 Forwarded; the X-Forwarded-* headers are ignored."""
-    if forwarded and len(forwarded) > MAX_FORWARDED_HEADER:
+    if forwarded and (
+        len(forwarded) > MAX_FORWARDED_HEADER
+        # more hops, or more pairs than 4 a hop (for, by, proto, host), than any real chain
+        or forwarded.count(",") >= MAX_FORWARDED_HOPS
+        or forwarded.count(";") >= 4 * MAX_FORWARDED_HOPS
+    ):
         return None, None, None  # hostile or broken: nothing in it is believed
     elements = _parse_forwarded(forwarded) if forwarded else []
     if not any("for" in e for e in elements):

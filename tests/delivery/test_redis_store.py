@@ -8,6 +8,7 @@ sender ends by checking the books: enqueued == delivered + dead_lettered + dropp
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -467,3 +468,25 @@ def test_consumers_gone_for_good_are_forgotten_but_not_while_they_hold_entries(
         )
     )
     assert "gone-holding:2:0" in names()  # its entry would be stranded: kept until taken over
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_sends_through_its_own_consumer_and_never_the_parents_events(
+    outbox: str, make_sender: Callable[..., Sender], fake_graph: FakeGraphAPI
+) -> None:
+    sender = make_sender(outbox)
+    assert sender.submit(event_dict(1)).ok
+    assert sender.flush(10)
+    pid = os.fork()  # gunicorn --preload: the middleware was built in the master
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 3
+        try:
+            code = 0 if sender.submit(event_dict(2)).ok and sender.flush(10) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_until(lambda: sorted(fake_graph.event_ids) == ["ev-1", "ev-2"])
+    assert sender.submit(event_dict(3)).ok  # the parent goes on with its own consumer
+    assert sender.flush(10)
+    assert sorted(fake_graph.event_ids) == ["ev-1", "ev-2", "ev-3"]

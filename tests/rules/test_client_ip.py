@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import sys
 from typing import Any
 
 import pytest
@@ -901,3 +902,60 @@ def test_client_ip_with_fbi(request_ip: str | None, fbi: str | None, expected: s
 
 def test_the_fbi_cookie_name() -> None:
     assert FBI_COOKIE == "_fbi"
+
+
+# -- bounded work on hostile forwarding headers (issue 10) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trust_", "headers", "client_ip"),
+    [
+        # More hops than any real chain: a Forwarded header is ignored whole...
+        (LOCAL_FWD, {"forwarded": ", ".join([f"for={C4}"] * 100)}, None),
+        (LOCAL_FWD, {"forwarded": f"for={C4}" + ";a=b" * 300}, None),
+        # ...and X-Forwarded-For is read from its right end, where trusted proxies append.
+        (LOCAL, {"x-forwarded-for": ", ".join(["junk"] * 100 + [C4])}, C4),
+        (LOCAL, {"x-forwarded-for": ", ".join([G4] + ["127.0.0.1"] * 100)}, None),
+    ],
+)
+def test_a_chain_longer_than_any_real_one(
+    trust_: ProxyTrust, headers: dict[str, str], client_ip: str | None
+) -> None:
+    assert resolve_client("127.0.0.1", headers, trust_).client_ip == client_ip
+
+
+def _python_steps(headers: dict[str, str], trust_: ProxyTrust) -> int:
+    """Lines of Python run to resolve one request (C-speed string work is one step a call)."""
+    steps = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if event == "line":
+            steps += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        resolve_client("127.0.0.1", headers, trust_)
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+@pytest.mark.parametrize(
+    ("trust_", "name", "junk"),
+    [
+        (LOCAL_FWD, "forwarded", "a,"),
+        (LOCAL_FWD, "forwarded", "a;"),
+        (LOCAL_FWD, "forwarded", "for=1.1.1.1,"),
+        (LOCAL_HOST, "x-forwarded-for", "a,"),
+        (LOCAL_HOST, "x-forwarded-host", "a,"),
+        (LOCAL_HOST, "x-forwarded-proto", "a,"),
+    ],
+)
+def test_the_work_does_not_grow_with_a_hostile_header(
+    trust_: ProxyTrust, name: str, junk: str
+) -> None:
+    small = _python_steps({name: (junk * 600)[:1024]}, trust_)
+    large = _python_steps({name: (junk * 3000)[:8192]}, trust_)
+    assert large <= small + 50, (small, large)
