@@ -410,7 +410,7 @@ class FakeGraphAPI:
         server = self._server = FakeServer(self, self._release)
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.01},  # how long stop() may wait for the loop to see it
+            kwargs={"poll_interval": 0.005},  # how long stop() may wait for the loop to see it
             name="capi-fake-graph",
             daemon=True,
         )
