@@ -158,8 +158,13 @@ class CAPIConfig:
         if self.pixel_id is not None:
             pid = str(self.pixel_id).strip()
             if not _PIXEL_ID.match(pid):
+                # The value is never quoted: a token pasted into the wrong variable would be
+                # printed at startup for all to see.
+                swapped = (
+                    " (this value looks like an access token)" if pid.startswith("EAA") else ""
+                )
                 raise _invalid(
-                    "pixel_id", f"must be the pixel's numeric id, e.g. '1234567890', not {pid!r}"
+                    "pixel_id", f"must be the pixel's numeric id, e.g. '1234567890'{swapped}"
                 )
             set_(self, "pixel_id", pid)
         if self.access_token is not None and not str(self.access_token).strip():

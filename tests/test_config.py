@@ -97,6 +97,16 @@ def test_every_message_about_an_option_names_its_environment_variable(
     assert str(info.value).startswith(label)
 
 
+def test_a_bad_pixel_id_is_never_quoted() -> None:
+    # A token pasted into META_PIXEL_ID must not end up in the startup log.
+    with pytest.raises(ValueError) as info:
+        CAPIConfig(pixel_id=TOKEN.replace("EAAB", "EAAG"), access_token=TOKEN)
+    assert str(info.value) == (
+        "pixel_id [META_PIXEL_ID]: must be the pixel's numeric id, e.g. '1234567890' "
+        "(this value looks like an access token)"
+    )
+
+
 def test_a_missing_half_says_which_half_is_set() -> None:
     with pytest.raises(ValueError) as info:
         CAPIConfig.from_env({"META_PIXEL_ID": "123"})

@@ -187,7 +187,7 @@ def test_the_lifespan_startup_fails_with_the_message() -> None:
         {
             "type": "lifespan.startup.failed",
             "message": "capi_middleware: configuration error: pixel_id [META_PIXEL_ID]: must be "
-            "the pixel's numeric id, e.g. '1234567890', not 'abc'",
+            "the pixel's numeric id, e.g. '1234567890'",
         }
     ]
 

@@ -211,12 +211,6 @@ class CapturePipeline:
         # kept cookies and what to mint depend only on the raw Cookie and Host headers, the
         # scheme and the headers the consent policy declares. Inline: this runs on every ASGI
         # request; the raw Cookie and Referer read here are handed on.
-        if (
-            not _forwarding_checked
-            and (b"x-forwarded-for" in header_map or b"forwarded" in header_map)
-            and peer not in self._trusted_peers
-        ):
-            check_forwarding_trust(peer, header_map, self._trust, self._trusted_peers)
         key = None
         if (
             self._outcome_memo_on
@@ -241,6 +235,14 @@ class CapturePipeline:
                     return self._replay(
                         outcome, header_map, cookie, referer, peer, server, raw_path, query_string
                     )
+        # Only here, not before a memo hit: a hit follows a miss with the same key, and behind a
+        # proxy every request carries the header, so the process's first request shows it.
+        if (
+            not _forwarding_checked
+            and (b"x-forwarded-for" in header_map or b"forwarded" in header_map)
+            and peer not in self._trusted_peers
+        ):
+            check_forwarding_trust(peer, header_map, self._trust, self._trusted_peers)
         return self._capture(header_map, _EMPTY, peer, scheme, server, raw_path, query_string, key)
 
     def _replay(
