@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,8 @@ def error_kind(exc: BaseException) -> str:
     name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+
     if isinstance(name, str):
         return name
+    if isinstance(exc, sqlite3.OperationalError) and str(exc) == "database or disk is full":
+        return "SQLITE_FULL"  # Python 3.10 has only the message
     if isinstance(exc, OSError) and exc.errno is not None:
         return errno.errorcode.get(exc.errno, f"errno {exc.errno}")
     return type(exc).__name__

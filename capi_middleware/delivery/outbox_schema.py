@@ -21,9 +21,14 @@ from pathlib import Path
 __all__ = [
     "SCHEMA_VERSION",
     "OutboxFileError",
+    "OutboxFull",
+    "claim_headroom",
     "create_outbox_connection",
+    "insert_page_limit",
     "make_private_folders",
     "open_outbox_file",
+    "page_cap",
+    "used_pages",
 ]
 
 SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration in _migrate()
@@ -67,6 +72,44 @@ CREATE TABLE dead_letters (
 
 class OutboxFileError(Exception):
     """An outbox file that is missing, unreadable, or not an outbox (used by the CLI)."""
+
+
+class OutboxFull(sqlite3.OperationalError):
+    """New rows would eat into the room a capped file keeps for claims (see `insert_page_limit`).
+
+    Handled like SQLite's own SQLITE_FULL: the events wait in memory until acks free pages.
+    """
+
+    sqlite_errorname = "SQLITE_FULL"
+
+
+def page_cap(conn: sqlite3.Connection, max_bytes: int) -> int:
+    """``max_bytes`` in the file's pages (2 at least)."""
+    return max(2, max_bytes // int(conn.execute("PRAGMA page_size").fetchone()[0]))
+
+
+def claim_headroom(cap: int) -> int:
+    """The pages of a file capped at ``cap`` pages that inserts leave free for claims.
+
+    Claiming a row writes its lease (``lease_owner``, ``lease_until``) into it, which makes the
+    row longer and moves it from one partial index to the other: a file packed to its cap
+    could not lease, and so never deliver, the rows it holds. Inserts therefore stop an eighth
+    of the cap (4 pages at least) short of it; claims, retries, acks and dead letters may use
+    that headroom, and acks give it back.
+    """
+    return max(4, cap // 8)
+
+
+def insert_page_limit(cap: int) -> int:
+    """The used pages (`used_pages`) new rows may bring a file capped at ``cap`` pages to."""
+    return cap - claim_headroom(cap)
+
+
+def used_pages(conn: sqlite3.Connection) -> int:
+    """Pages holding data: the file's pages less its free list (deleted rows' pages)."""
+    total = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return int(total) - int(free)
 
 
 @contextlib.contextmanager
@@ -167,8 +210,12 @@ def create_outbox_connection(
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         _migrate(conn)
         if max_bytes is not None:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count = {max(2, max_bytes // page_size)}")
+            cap = page_cap(conn, max_bytes)
+            # A file already fuller than inserts may make it (max_bytes was lowered, or an
+            # older version filled it to the brim) gets its headroom above what it holds, so
+            # its rows can still be claimed and delivered; inserts wait until acks drain it.
+            hard = max(cap, used_pages(conn) + claim_headroom(cap))
+            conn.execute(f"PRAGMA max_page_count = {hard}")
     except BaseException:
         conn.close()
         raise

@@ -32,8 +32,12 @@ from capi_middleware.delivery.outbox_rows import (
 )
 from capi_middleware.delivery.outbox_schema import (
     OutboxFileError,
+    OutboxFull,
     create_outbox_connection,
     immediate_transaction,
+    insert_page_limit,
+    page_cap,
+    used_pages,
 )
 from capi_middleware.delivery.store import NewEvent
 
@@ -71,6 +75,7 @@ class OutboxWriter:
     _writer: threading.Thread | None
     _lazy_open: bool
     _rows_estimate: int
+    _insert_pages: int | None  # with max_bytes: the pages inserts may fill (insert_page_limit)
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -126,8 +131,7 @@ class OutboxWriter:
             try:
                 if conn is None:
                     raise sqlite3.OperationalError("the outbox file is not open")
-                with immediate_transaction(conn):
-                    conn.executemany(INSERT_EVENT, [row_values(p, 0) for p in group])
+                self._insert_rows(conn, [row_values(p, 0) for p in group])
                 committed = True
             except (sqlite3.Error, OSError) as exc:
                 self._storage_failed("write", exc)
@@ -221,11 +225,9 @@ class OutboxWriter:
                 if final or row.lease_until is None
             ]
         try:
-            with immediate_transaction(conn):
-                conn.executemany(
-                    INSERT_EVENT,
-                    [row_values(r.prepared, r.attempts, r.not_before) for _, r in moving],
-                )
+            self._insert_rows(
+                conn, [row_values(r.prepared, r.attempts, r.not_before) for _, r in moving]
+            )
         except (sqlite3.Error, OSError) as exc:
             self._storage_failed("write", exc)
             return
@@ -242,6 +244,17 @@ class OutboxWriter:
                 self.path,
                 len(moving),
             )
+
+    def _insert_rows(self, conn: sqlite3.Connection, values: list[tuple[object, ...]]) -> None:
+        """Insert ``events`` rows in one transaction, all or none (called with _db_lock).
+
+        In a capped file the rows must leave the claims' headroom free (`insert_page_limit`),
+        or the transaction is rolled back with `OutboxFull`, SQLITE_FULL's stand-in.
+        """
+        with immediate_transaction(conn):
+            conn.executemany(INSERT_EVENT, values)
+            if self._insert_pages is not None and used_pages(conn) > self._insert_pages:
+                raise OutboxFull("the outbox is at max_bytes, less the room kept for claims")
 
     def _delete_rows(self, ids: Sequence[int]) -> bool:
         conn = self._connection()
@@ -301,6 +314,9 @@ class OutboxWriter:
         )
         try:
             self._rows_estimate = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            self._insert_pages = None
+            if self._max_bytes is not None:
+                self._insert_pages = insert_page_limit(page_cap(conn, self._max_bytes))
         except BaseException:
             conn.close()
             raise

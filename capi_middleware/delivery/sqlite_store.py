@@ -35,6 +35,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from capi_middleware.delivery.outbox_rows import (
     CLAIM_DUE,
@@ -44,6 +45,7 @@ from capi_middleware.delivery.outbox_rows import (
     OnceLog,
     Prepared,
     dead_values,
+    error_kind,
     new_owner_token,
 )
 from capi_middleware.delivery.outbox_schema import (
@@ -82,8 +84,9 @@ class SQLiteStore(OutboxWriter):
         busy_timeout: seconds to wait for another process's write lock.
         reopen_interval: seconds between attempts to reopen the file and move the
             memory-held events back to disk after a failure.
-        max_bytes: cap the file's size (SQLite ``max_page_count``); past it new events are
-            held in memory as on a full disk. None: no cap.
+        max_bytes: cap the file's size (SQLite ``max_page_count``). New rows stop an eighth
+            short of it, room kept for the leases that claims write into the rows; past that
+            new events are held in memory as on a full disk. None: no cap.
         synchronous: SQLite ``synchronous`` pragma. ``"NORMAL"`` (default) survives a crash of
             the process; ``"FULL"`` also survives a power loss, at an fsync per group.
         wait_timeout: seconds at most that ``put(..., wait=True)`` waits for its group.
@@ -173,6 +176,7 @@ class SQLiteStore(OutboxWriter):
         self._writer: threading.Thread | None = None
         self._lazy_open = False
         self._rows_estimate = 0  # rows in the file, for max_events; refreshed by backlog()
+        self._insert_pages: int | None = None  # set on opening a capped file
 
     def reopen_after_fork(self) -> None:
         """Start this store afresh in a forked child: its own connection, threads and leases.
@@ -286,12 +290,7 @@ class SQLiteStore(OutboxWriter):
             if conn is None:
                 return out
             try:
-                with immediate_transaction(conn):
-                    rows = conn.execute(CLAIM_DUE, (now, now, remaining)).fetchall()
-                    conn.executemany(
-                        "UPDATE events SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                        [(self.lease_owner, lease_until, r[0]) for r in rows],
-                    )
+                rows = self._lease_rows(conn, remaining, lease_until=lease_until, now=now)
             except (sqlite3.Error, OSError) as exc:
                 self._storage_failed("claim", exc)
                 return out
@@ -501,6 +500,29 @@ class SQLiteStore(OutboxWriter):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, durable={self.durable})"
+
+    def _lease_rows(
+        self, conn: sqlite3.Connection, limit: int, *, lease_until: float, now: float
+    ) -> list[tuple[Any, ...]]:
+        """Lease up to ``limit`` due rows in one transaction; return them (needs _db_lock).
+
+        A lease makes its row longer. In a capped file the headroom inserts leave free (see
+        `insert_page_limit`) may not hold a whole batch's leases: then fewer rows are leased
+        (half, down to one), so the rows a full file holds are still delivered and acked.
+        """
+        while True:
+            try:
+                with immediate_transaction(conn):
+                    rows = conn.execute(CLAIM_DUE, (now, now, limit)).fetchall()
+                    conn.executemany(
+                        "UPDATE events SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                        [(self.lease_owner, lease_until, r[0]) for r in rows],
+                    )
+                return rows
+            except sqlite3.Error as exc:
+                if limit <= 1 or error_kind(exc) != "SQLITE_FULL":
+                    raise
+                limit //= 2
 
     # -- accepting ----------------------------------------------------------------------------
 

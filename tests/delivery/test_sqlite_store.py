@@ -459,6 +459,69 @@ def test_disk_full_falls_back_to_memory_then_moves_back(
         s.close()
 
 
+def test_a_capped_file_that_filled_still_delivers_every_row_written_before(path: Path) -> None:
+    # Small events fill the pages to the brim; leasing a row (lease_owner, lease_until) makes
+    # it longer, so a file at its cap must still have room to claim what it holds.
+    s = SQLiteStore(path, max_bytes=16 * 4096, memory_fallback=50, reopen_interval=0.05)
+    try:
+        events = [make_event(i) for i in range(400)]
+        accepted = [e for e in events if s.put([e], wait=True) == 1]
+        assert not s.durable  # the file filled: the rest went to memory
+        on_disk = count(path)
+        assert 0 < on_disk < len(accepted)
+        # Only what fitted in the file and the memory fallback was accepted; the caller counts
+        # the refused ones as dropped.
+        assert len(accepted) == on_disk + 50
+        assert [e.event_id for e in accepted] == [e.event_id for e in events[: len(accepted)]]
+        assert s.backlog() == len(accepted)
+
+        delivered: list[str] = []
+        for _ in range(50):
+            claimed = s.claim(1000, lease_seconds=30, now=NOW)
+            if not claimed and s.backlog() == 0:
+                break
+            delivered.extend(e.event_id for e in claimed)
+            s.ack([e.id for e in claimed])
+            time.sleep(0.01)
+        assert sorted(delivered) == sorted(e.event_id for e in accepted)  # each once
+        assert s.backlog() == 0
+        assert count(path) == 0
+        assert wait_until(lambda: s.durable)  # room again: new events go to the file
+        assert s.put([make_event(1000)], wait=True) == 1
+        assert count(path) == 1
+    finally:
+        s.close()
+
+
+def test_a_file_already_past_a_lowered_cap_is_drained(path: Path) -> None:
+    # Written without a cap (or by a version that filled files to the brim), then opened with
+    # max_bytes below its size: its rows are claimed and delivered, and only then new ones go in.
+    first = SQLiteStore(path)
+    events = [make_event(i, size=494) for i in range(300)]  # leaves no page room for a lease
+    assert first.put(events, wait=True) == 300
+    first.close()
+    s = SQLiteStore(path, max_bytes=16 * 4096, reopen_interval=0.05)
+    try:
+        assert s.put([make_event(300)], wait=True) == 1
+        assert not s.durable  # no room for new rows: held in memory
+        assert count(path) == 300
+        delivered: list[str] = []
+        for _ in range(100):
+            claimed = s.claim(1000, lease_seconds=30, now=NOW)
+            if not claimed:
+                break
+            delivered.extend(e.event_id for e in claimed)
+            s.ack([e.id for e in claimed])
+        assert sorted(delivered) == sorted(f"ev-{i}" for i in range(301))
+        assert s.backlog() == 0
+        assert count(path) == 0
+        assert wait_until(lambda: s.durable)  # drained: new events go to the file again
+        assert s.put([make_event(301)], wait=True) == 1
+        assert count(path) == 1
+    finally:
+        s.close()
+
+
 def test_a_deleted_file_is_recreated_with_its_events(path: Path) -> None:
     s = SQLiteStore(path, reopen_interval=0.05)
     try:
