@@ -4,24 +4,28 @@ A browser sends the same Cookie header, Host and consent signals on every reques
 capture works out once what depends only on them: the facts it reads from a Cookie header
 (`CookieFactsMemo`), the consent decision (`ConsentMemo`), the visitor's validated cookies
 (`KeptMemo`) and, for ASGI, a request's whole outcome (`Outcome`, kept by `store_granted` /
-`store_outcome` and replayed by `CapturePipeline.capture_raw`). Every memo is bounded in entries
-and in the size of what keys it, since clients choose it (`memoize`).
+`store_outcome`, found by `CapturePipeline.capture_raw`, turned into a context by `replay`).
+Every memo is bounded in entries and in the size of what keys it, since clients choose it
+(`memoize`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from capi_middleware.capture.browser import raw_browser_made
+from capi_middleware.capture.context import LAZY, RequestContext
+from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, MAX_HEADER_CHARS
+from capi_middleware.capture.set_cookies import apply_plan
+from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.consent.policies import ConsentDecision, evaluate, signals_read
+from capi_middleware.rules import client_ip as client_ip_rules
 from capi_middleware.rules import cookies as cookie_rules
 from capi_middleware.rules.cookie_header import find_cookies, parse_cookie_header
-from capi_middleware.rules.page_url import hostname, page_host
-
-if TYPE_CHECKING:
-    from capi_middleware.capture.context import RequestContext
+from capi_middleware.rules.page_url import hostname, is_raw_navigation, page_host
 
 __all__ = [
     "COOKIE_MEMO_MAX_CHARS",
@@ -32,6 +36,7 @@ __all__ = [
     "Outcome",
     "judged_for_good",
     "memoize",
+    "replay",
     "store_granted",
     "store_outcome",
 ]
@@ -259,6 +264,57 @@ def store_granted(
         kept=kept,
     )
     store_outcome(memo, key, outcome)
+
+
+def replay(
+    client: CAPIClient,
+    set_fbp: bool,
+    outcome: Outcome,
+    header_map: Mapping[bytes, bytes],
+    raw_cookie: bytes | None,
+    raw_referer: bytes | None,
+    peer: str | None,
+    server: Sequence[Any] | None,
+    raw_path: str | bytes,
+    query_string: str | bytes,
+) -> RequestContext:
+    """The context of a request whose capture outcome is known (`CapturePipeline.capture_raw`
+    found it by the request's key): one lookup instead of the whole rule set. ``set_fbp`` is
+    the config's; the other arguments are the request's, as `capture_raw` read them.
+    """
+    client.count("requests")
+    raw = raw_cookie
+    ctx = RequestContext(
+        client,
+        raw_map=header_map,
+        peer=peer,
+        scheme=outcome.scheme,
+        server=server,
+        raw_path=raw_path,
+        query_string=query_string,
+        cookie_header=raw[:MAX_COOKIE_HEADER_CHARS].decode("latin-1") if raw else None,
+        cookies=outcome.cookies,
+        referer=raw_referer[:MAX_HEADER_CHARS].decode("latin-1")
+        if raw_referer is not None
+        else None,
+        host=outcome.host if outcome.host is not None else LAZY,
+    )
+    ctx.consent = outcome.consent
+    ctx.fbc = outcome.fbc
+    ctx.fbp = outcome.fbp
+    if raw and b"_fbi" in raw and outcome.consent.granted:
+        ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
+    if outcome.expire and is_raw_navigation(header_map):
+        ctx.response_cookies.extend(outcome.expire)  # a refusal: ours removed (issue 10)
+    if outcome.kept is not None:
+        try:
+            # Only a browser gets a new _fbp (see CapturePipeline._capture).
+            browser = raw_cookie is not None or raw_browser_made(header_map)
+            apply_plan(ctx, outcome.kept, None, set_fbp and browser)
+        except Exception as exc:
+            client.count("capture_errors")
+            log_internal_error("cookie planning", exc)
+    return ctx
 
 
 def judged_for_good(

@@ -30,6 +30,7 @@ from capi_middleware.capture.memo import (
     KeptMemo,
     Outcome,
     judged_for_good,
+    replay,
     store_granted,
     store_outcome,
 )
@@ -46,7 +47,6 @@ from capi_middleware.rules import cookies as cookie_rules
 from capi_middleware.rules.page_url import (
     DEFAULT_PORTS,
     MAX_HOST_CHARS,
-    is_raw_navigation,
     latin1_text,
     page_host,
 )
@@ -196,8 +196,17 @@ class CapturePipeline:
                 key = (cookie, host, scheme, *map(get, names)) if names else (cookie, host, scheme)
                 outcome = self._outcomes.get(key)
                 if outcome is not None:
-                    return self._replay(
-                        outcome, header_map, cookie, referer, peer, server, raw_path, query_string
+                    return replay(
+                        self.client,
+                        self._set_fbp,
+                        outcome,
+                        header_map,
+                        cookie,
+                        referer,
+                        peer,
+                        server,
+                        raw_path,
+                        query_string,
                     )
         # Only here, not before a memo hit: a hit follows a miss with the same key, and behind a
         # proxy every request carries the header, so the process's first request shows it.
@@ -209,52 +218,6 @@ class CapturePipeline:
         ):
             _forwarding_checked = True
         return self._capture(header_map, _EMPTY, peer, scheme, server, raw_path, query_string, key)
-
-    def _replay(
-        self,
-        outcome: Outcome,
-        header_map: Mapping[bytes, bytes],
-        raw_cookie: bytes | None,
-        raw_referer: bytes | None,
-        peer: str | None,
-        server: Sequence[Any] | None,
-        raw_path: str | bytes,
-        query_string: str | bytes,
-    ) -> RequestContext:
-        """A request whose capture outcome is known: one lookup instead of the whole rule set."""
-        self.client.count("requests")
-        raw = raw_cookie
-        ctx = RequestContext(
-            self.client,
-            raw_map=header_map,
-            peer=peer,
-            scheme=outcome.scheme,
-            server=server,
-            raw_path=raw_path,
-            query_string=query_string,
-            cookie_header=raw[:MAX_COOKIE_HEADER_CHARS].decode("latin-1") if raw else None,
-            cookies=outcome.cookies,
-            referer=raw_referer[:MAX_HEADER_CHARS].decode("latin-1")
-            if raw_referer is not None
-            else None,
-            host=outcome.host if outcome.host is not None else LAZY,
-        )
-        ctx.consent = outcome.consent
-        ctx.fbc = outcome.fbc
-        ctx.fbp = outcome.fbp
-        if raw and b"_fbi" in raw and outcome.consent.granted:
-            ctx.consider_fbi(ctx.cookies.get(client_ip_rules.FBI_COOKIE))
-        if outcome.expire and is_raw_navigation(header_map):
-            ctx.response_cookies.extend(outcome.expire)  # a refusal: ours removed (issue 10)
-        if outcome.kept is not None:
-            try:
-                # Only a browser gets a new _fbp (see _capture).
-                browser = raw_cookie is not None or raw_browser_made(header_map)
-                apply_plan(ctx, outcome.kept, None, self._set_fbp and browser)
-            except Exception as exc:
-                self.count("capture_errors")
-                log_internal_error("cookie planning", exc)
-        return ctx
 
     def _capture(
         self,

@@ -15,7 +15,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from capi_middleware.client.notices import (
 )
 from capi_middleware.client.serverless import RequestEvents, current_request_events
 from capi_middleware.client.sources import NO_BASIS, UNSTATED, MatchSource, basis
+from capi_middleware.client.unsent import name_of, unbuilt_result, unsent_result
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
@@ -182,10 +182,10 @@ class CAPIClient:
                 if self.config.strict:
                     raise CAPIValidationError([source])
                 self.count_invalid((source.field,))
-                return _result(event_id, "invalid", _name_of(event_name), (source,))
+                return unbuilt_result(event_id, "invalid", name_of(event_name), (source,))
             if source.consent is UNSTATED and self.config_error is None:
                 self.count("consent_denied")
-                return _result(event_id, "denied", _name_of(event_name), (NO_BASIS,))
+                return unbuilt_result(event_id, "denied", name_of(event_name), (NO_BASIS,))
             # Denied visitors go through track_from too: one way to say why.
             return self.track_from(
                 source,
@@ -202,10 +202,10 @@ class CAPIClient:
             raise  # only raised with strict=True, on purpose
         except Exception as exc:
             self.count_internal_error("track_errors", "track()", exc)
-            return _result(
+            return unbuilt_result(
                 event_id,
                 "error",
-                _name_of(event_name),
+                name_of(event_name),
                 (Problem("track", "internal error in capi_middleware; see the log"),),
             )
 
@@ -239,13 +239,13 @@ class CAPIClient:
                 if config.strict:
                     raise CAPIValidationError([problem])
                 self.count_invalid((arg,))
-                return _result(event_id, "invalid", name, (problem,)), None
+                return unbuilt_result(event_id, "invalid", name, (problem,)), None
         merged_custom: dict[str, Any] = dict(custom_data) if custom_data else {}
         merged_custom.update(custom_data_fields)
 
         if self.config_error is not None:
             problem = Problem("config", f"tracking is off: {self.config_error}")
-            return _unsent(event_id, "error", name, merged_custom, (problem,)), None
+            return unsent_result(event_id, "error", name, merged_custom, (problem,)), None
         decision = source.consent
         if not decision.granted:
             self.count("consent_denied")
@@ -256,7 +256,7 @@ class CAPIClient:
                     tell_default_denial_once(name)
                 else:
                     problems = (NO_SIGNAL_OWN_POLICY,)
-            return _unsent(event_id, "denied", name, merged_custom, problems), None
+            return unsent_result(event_id, "denied", name, merged_custom, problems), None
 
         request_data: dict[str, Any] = {}
         if source.client_ip is not None:
@@ -303,7 +303,7 @@ class CAPIClient:
                 name or "unnamed",
                 "; ".join(str(p) for p in fatal),
             )
-            return _result(event_id, "invalid", name, built.problems), None
+            return unbuilt_result(event_id, "invalid", name, built.problems), None
         if config.strict and built.problems:
             raise CAPIValidationError(built.problems)
 
@@ -403,36 +403,6 @@ class CAPIClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _result(
-    event_id: str | None, status: TrackStatus, name: str, problems: tuple[Problem, ...] = ()
-) -> TrackResult:
-    """A result for an event that was not built (its id generated when the caller gave none)."""
-    return TrackResult(
-        event_id=event_id if isinstance(event_id, str) and event_id else event_rules.new_event_id(),
-        status=status,
-        problems=problems,
-        event_name=name,
-    )
-
-
-def _unsent(
-    event_id: str | None,
-    status: TrackStatus,
-    name: str,
-    custom_data: Mapping[str, Any],
-    problems: tuple[Problem, ...],
-) -> TrackResult:
-    """A result for an event that was not built, keeping the custom_data given to track(), so
-    ``result.fbq()`` renders the same call and the pixel's own consent decides (mapped only if
-    a page asks: a denial stays cheap).
-    """
-    return replace(_result(event_id, status, name, problems), pixel_data=custom_data)
-
-
-def _name_of(event_name: object) -> str:
-    return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
