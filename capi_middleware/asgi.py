@@ -17,11 +17,8 @@ import anyio.to_thread
 
 from capi_middleware.capture.context import RequestContext, activate, deactivate
 from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, cap_header
-from capi_middleware.capture.pipeline import (
-    CapturePipeline,
-    cookies_not_set_by_app,
-    is_shared_cacheable,
-)
+from capi_middleware.capture.pipeline import CapturePipeline
+from capi_middleware.capture.set_cookies import cookies_not_set_by_app, is_shared_cacheable
 from capi_middleware.client import CAPIClient, RequestEvents, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats

@@ -35,7 +35,8 @@ from django.http import HttpRequest, HttpResponseBase
 from django.utils.encoding import escape_uri_path
 
 from capi_middleware.capture.context import RequestContext, activate, deactivate
-from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.capture.pipeline import CapturePipeline
+from capi_middleware.capture.set_cookies import is_shared_cacheable
 from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats

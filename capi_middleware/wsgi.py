@@ -16,11 +16,8 @@ from urllib.parse import quote
 
 from capi_middleware.capture.context import RequestContext, activate, deactivate
 from capi_middleware.capture.headers import cap_header
-from capi_middleware.capture.pipeline import (
-    CapturePipeline,
-    cookies_not_set_by_app,
-    is_shared_cacheable,
-)
+from capi_middleware.capture.pipeline import CapturePipeline
+from capi_middleware.capture.set_cookies import cookies_not_set_by_app, is_shared_cacheable
 from capi_middleware.client import CAPIClient, log_internal_error, usable_client
 from capi_middleware.config import CAPIConfig
 from capi_middleware.results import CaptureStats

@@ -7,6 +7,7 @@ header on demand under the same caps.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import AnyStr
 
 from capi_middleware.rules.client_ip import MAX_FORWARDED_HEADER
@@ -16,6 +17,7 @@ __all__ = [
     "MAX_COOKIE_HEADER_CHARS",
     "MAX_HEADER_CHARS",
     "cap_header",
+    "header_reader",
 ]
 
 # Caps on what a client can make us hold or forward. Browsers send far less; past these a
@@ -53,3 +55,18 @@ CAPTURED_HEADERS = frozenset(
     )
 )
 """The headers capture and the built-in consent policies read; adapters decode these eagerly."""
+
+
+def header_reader(
+    raw_map: Mapping[bytes, bytes] | None, headers: Mapping[str, str]
+) -> Callable[[str], str | None]:
+    """A lookup of one request header by lowercase name, over either adapter's headers."""
+    if raw_map is None:
+        return headers.get
+    get = raw_map.get
+
+    def header(name: str) -> str | None:
+        value = get(name.encode("latin-1"))
+        return None if value is None else cap_header(name, value).decode("latin-1")
+
+    return header

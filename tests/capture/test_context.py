@@ -16,7 +16,8 @@ from capi_middleware.capture.context import (
     current,
     deactivate,
 )
-from capi_middleware.capture.pipeline import CapturePipeline, is_shared_cacheable
+from capi_middleware.capture.pipeline import CapturePipeline
+from capi_middleware.capture.set_cookies import is_shared_cacheable
 from capi_middleware.client import CAPIClient
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent import site_cookie

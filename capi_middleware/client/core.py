@@ -4,88 +4,48 @@ It owns the validated config, the consent basis for events sent outside a reques
 rules (`rules.events.build_event`), the counters and the process's background sender. A request's
 `RequestContext` calls `CAPIClient.track_from` with itself as the match source; a webhook, a job
 or a script calls `CAPIClient.track`. Nothing here knows about requests, adapters or capture: the
-arrows point from capture to the client, never back.
+arrows point from capture to the client, never back. Where an event's match keys come from is
+in `sources`, what the client tells the developer in `notices`, serverless delivery in
+`serverless`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-import sys
 import threading
-import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from capi_middleware.config import CAPIConfig, misnamed_variables
+from capi_middleware.client.notices import (
+    NO_SIGNAL_OWN_POLICY,
+    NO_SIGNAL_PROBLEM,
+    log_internal_error,
+    names_checked,
+    print_dry_run,
+    tell_default_denial_once,
+    warn_about_config,
+    warn_if_misspelled,
+)
+from capi_middleware.client.serverless import RequestEvents, current_request_events
+from capi_middleware.client.sources import NO_BASIS, UNSTATED, MatchSource, basis
+from capi_middleware.config import CAPIConfig
 from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
 from capi_middleware.normalize import FRIENDLY_KEYS
 from capi_middleware.results import CaptureStats, MatchQuality, TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
-from capi_middleware.rules.describe import describe_event
 from capi_middleware.rules.enhancement import EnhancementCookie, Remembered, site_binding
 from capi_middleware.visitor import Visitor
 
 if TYPE_CHECKING:
     from capi_middleware.delivery.sender import Sender
 
-__all__ = [
-    "CAPIClient",
-    "MatchSource",
-    "RequestEvents",
-    "client_for",
-    "log_internal_error",
-    "usable_client",
-]
+__all__ = ["CAPIClient"]
 
 logger = logging.getLogger("capi_middleware")
-
-
-class MatchSource(Protocol):
-    """Where an event's match context comes from: a request's context, or a saved visitor."""
-
-    @property
-    def consent(self) -> ConsentDecision: ...
-    @property
-    def client_ip(self) -> str | None: ...
-    @property
-    def user_agent(self) -> str | None: ...
-    @property
-    def fbc(self) -> str | None: ...
-    @property
-    def fbp(self) -> str | None: ...
-    @property
-    def event_source_url(self) -> str | None: ...
-    @property
-    def referrer_url(self) -> str | None: ...
-    @property
-    def ldu_country(self) -> int: ...
-    @property
-    def ldu_state(self) -> int: ...
-
-
-class _NoVisitor:
-    """The match source of an event sent without a visitor: no request keys, a stated basis."""
-
-    __slots__ = ("consent",)
-    client_ip = user_agent = fbc = fbp = event_source_url = referrer_url = None
-    ldu_country = ldu_state = 0
-
-    def __init__(self, consent: ConsentDecision) -> None:
-        self.consent = consent
-
-
-_STATED = _NoVisitor(ConsentDecision(granted=True, reason="stated"))
-_NO_BASIS = Problem(
-    "consent",
-    "no consent basis for an event outside a request: pass visitor= (a Visitor from "
-    "ctx.visitor()), or consent=True on the call or on the CAPIClient",
-)
 
 
 class CAPIClient:
@@ -117,21 +77,7 @@ class CAPIClient:
         self._closed_sender: Sender | None = None
         self._sender_lock = threading.Lock()
         self.config_error: str | None = None
-        if config.test_event_code:
-            logger.warning(
-                "capi_middleware: test_event_code [META_TEST_EVENT_CODE] is set; events go to "
-                "Test Events only (remove it in production)"
-            )
-        if not config.destinations() and not config.dry_run:
-            typos = "".join(
-                f"; {name} is set but not read: did you mean {meant}?"
-                for name, meant in misnamed_variables()
-            )
-            logger.warning(
-                "capi_middleware: no pixel_id [META_PIXEL_ID] / access_token [META_ACCESS_TOKEN] "
-                "configured; events will be dropped (set both, or dry_run=True [META_DRY_RUN])%s",
-                typos,
-            )
+        warn_about_config(config)
 
     @classmethod
     def disabled(cls, config_error: str) -> CAPIClient:
@@ -231,15 +177,15 @@ class CAPIClient:
             if consent is None and isinstance(visitor, Visitor):
                 source = visitor  # the usual case, first
             else:
-                source = self._basis(visitor, consent)
+                source = basis(visitor, consent, self.config.consent)
             if isinstance(source, Problem):
                 if self.config.strict:
                     raise CAPIValidationError([source])
                 self.count_invalid((source.field,))
                 return _result(event_id, "invalid", _name_of(event_name), (source,))
-            if source.consent is _UNSTATED and self.config_error is None:
+            if source.consent is UNSTATED and self.config_error is None:
                 self.count("consent_denied")
-                return _result(event_id, "denied", _name_of(event_name), (_NO_BASIS,))
+                return _result(event_id, "denied", _name_of(event_name), (NO_BASIS,))
             # Denied visitors go through track_from too: one way to say why.
             return self.track_from(
                 source,
@@ -263,29 +209,6 @@ class CAPIClient:
                 (Problem("track", "internal error in capi_middleware; see the log"),),
             )
 
-    def _basis(self, visitor: object, consent: object) -> MatchSource | Problem:
-        """The match source for ``track()``'s ``visitor`` and ``consent`` arguments."""
-        if consent is not None and not isinstance(consent, (bool, ConsentDecision)):
-            return Problem("consent", "must be True, False, None or a ConsentDecision")
-        if visitor is not None:
-            if not isinstance(visitor, Visitor):
-                return Problem(
-                    "visitor",
-                    "must be a capi_middleware.Visitor (Visitor.from_dict / from_token load a "
-                    f"stored one), not {type(visitor).__name__}",
-                )
-            if consent is False or (isinstance(consent, ConsentDecision) and not consent.granted):
-                return _NoVisitor(_CALL_DENIED)
-            return visitor  # consent=True never overrides the visitor's own decision
-        if consent is None:
-            return _STATED if self.config.consent is True else _NoVisitor(_UNSTATED)
-        if consent is True:
-            return _STATED
-        if consent is False:
-            return _NoVisitor(_CALL_DENIED)
-        assert isinstance(consent, ConsentDecision)
-        return _NoVisitor(consent)
-
     def track_from(
         self,
         source: MatchSource,
@@ -308,8 +231,8 @@ class CAPIClient:
         """
         config = self.config
         name = event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
-        if name not in event_rules.STANDARD_EVENTS and name not in _names_checked:
-            _warn_if_misspelled(name)
+        if name not in event_rules.STANDARD_EVENTS and name not in names_checked:
+            warn_if_misspelled(name)
         for arg, value in (("user_data", user_data), ("custom_data", custom_data)):
             if value is not None and not isinstance(value, Mapping):
                 problem = Problem(arg, f"must be a mapping, not {type(value).__name__}")
@@ -329,10 +252,10 @@ class CAPIClient:
             problems: tuple[Problem, ...] = ()
             if decision.reason == NO_SIGNAL_REASON:
                 if config.consent is None:  # the default policy: say what it is, once
-                    problems = (_NO_SIGNAL_PROBLEM,)
-                    _tell_default_denial_once(name)
+                    problems = (NO_SIGNAL_PROBLEM,)
+                    tell_default_denial_once(name)
                 else:
-                    problems = (_NO_SIGNAL_OWN_POLICY,)
+                    problems = (NO_SIGNAL_OWN_POLICY,)
             return _unsent(event_id, "denied", name, merged_custom, problems), None
 
         request_data: dict[str, Any] = {}
@@ -398,7 +321,7 @@ class CAPIClient:
                 event.event_id,
             )
             if config.dry_run == "debug":
-                _print_dry_run(event.to_dict())
+                print_dry_run(event.to_dict())
             self._match_quality.record(event.event_name, event.user_data, built.problems)
             return TrackResult(status="dry_run", **result_args), event.user_data
 
@@ -413,7 +336,7 @@ class CAPIClient:
             durable=(config.durable or config.serverless) if durable is None else durable,
         )
         if config.serverless and outcome.accepted > 0:
-            scope = _request_events.get()
+            scope = current_request_events.get()
             if scope is not None:
                 scope.queued += 1
         if outcome.dropped or outcome.accepted == 0:
@@ -457,7 +380,7 @@ class CAPIClient:
         if not self.config.serverless:
             return None
         scope = RequestEvents(self)
-        scope.token = _request_events.set(scope)
+        scope.token = current_request_events.set(scope)
         return scope
 
     def close(self, timeout: float | None = None) -> bool:
@@ -480,92 +403,6 @@ class CAPIClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def usable_client(
-    owner: str, client: CAPIClient | None, config: CAPIConfig | None, options: Mapping[str, Any]
-) -> CAPIClient:
-    """`client_for`, but a rejected configuration gives a `CAPIClient.disabled` client.
-
-    A middleware built with a bad config must not fail the host app's requests (Starlette
-    builds ``add_middleware`` classes inside the first request): it passes requests through
-    with tracking off, and says why (``client.config_error``, the adapters' log line).
-    """
-    try:
-        return client_for(owner, client, config, options)
-    except (TypeError, ValueError) as exc:
-        return CAPIClient.disabled(str(exc))
-
-
-class RequestEvents:
-    """The events one request queued, with ``serverless``: delivered before the request ends.
-
-    ``queued`` counts them (a mutable box in a context variable, so a sync endpoint that runs in
-    a worker thread with a copy of the context still counts here).
-    """
-
-    __slots__ = ("client", "queued", "token")
-
-    def __init__(self, client: CAPIClient) -> None:
-        self.client = client
-        self.queued = 0
-        self.token: contextvars.Token[RequestEvents | None] | None = None
-
-    def leave(self) -> None:
-        """Stop counting (call in the context `CAPIClient.request_events` was called in)."""
-        token, self.token = self.token, None
-        if token is not None:
-            # Not the context it was set in (ValueError): the counting just goes on there.
-            with contextlib.suppress(ValueError):
-                _request_events.reset(token)
-
-    def deliver(self) -> bool:
-        """Block until the events counted so far are delivered or given up on, or the timeout.
-
-        Nothing when none were queued. Flushing sends at once, without waiting for a fuller
-        batch: one round trip for all of them (and for any other request's queued meanwhile).
-        True when nothing is left; what is left after ``serverless_timeout`` stays queued (and
-        in the outbox, if there is one). Never raises.
-        """
-        queued, self.queued = self.queued, 0
-        if not queued:
-            return True
-        client = self.client
-        timeout = client.config.serverless_timeout
-        try:
-            delivered = client.flush(timeout)
-        except Exception as exc:
-            log_internal_error("serverless delivery", exc)
-            return False
-        if not delivered:
-            logger.warning(
-                "capi_middleware: serverless: event(s) not delivered within "
-                "serverless_timeout=%ss; they stay queued%s",
-                timeout,
-                " in the outbox" if client.config.outbox else " in memory",
-            )
-        return delivered
-
-
-_request_events: contextvars.ContextVar[RequestEvents | None] = contextvars.ContextVar(
-    "capi_middleware_request_events", default=None
-)
-
-
-def client_for(
-    owner: str, client: CAPIClient | None, config: CAPIConfig | None, options: Mapping[str, Any]
-) -> CAPIClient:
-    """The client a middleware uses: the one given, or one built from its options."""
-    if client is None:
-        return CAPIClient(CAPIConfig.from_options(owner, config, dict(options)))
-    if not isinstance(client, CAPIClient):
-        raise ValueError(f"{owner}: client must be a CAPIClient, not {type(client).__name__}")
-    if config is not None or options:
-        raise ValueError(
-            f"{owner}: give either client= or options, not both "
-            "(the client's config is the one used)"
-        )
-    return client
 
 
 def _result(
@@ -594,65 +431,8 @@ def _unsent(
     return replace(_result(event_id, status, name, problems), pixel_data=custom_data)
 
 
-# Said on a result denied for want of any consent signal, and logged once per process: the
-# default policy is an EU opt-in, which a new user's first track() meets without a banner.
-_NO_SIGNAL_PROBLEM = Problem(
-    "consent",
-    "denied: the request carries no consent signal, and the default policy is EU opt-in "
-    "(nothing is sent until the visitor opts in); pass consent=True where no consent banner is "
-    "needed, or a policy for your banner (README: Consent; docs/consent.md)",
-)
-_NO_SIGNAL_OWN_POLICY = Problem(
-    "consent", "denied: the request carries none of the consent signals your consent policy reads"
-)
-_told_default_denial = threading.Event()
-
-
-def _tell_default_denial_once(name: str) -> None:
-    if _told_default_denial.is_set():
-        return
-    _told_default_denial.set()
-    logger.info(
-        "capi_middleware: %s event not sent: %s. (Said once per process.)",
-        name or "unnamed",
-        _NO_SIGNAL_PROBLEM.message,
-    )
-
-
-_UNSTATED = ConsentDecision(granted=False, reason="no_basis")
-_CALL_DENIED = ConsentDecision(granted=False, reason="call")
-
-
 def _name_of(event_name: object) -> str:
     return event_rules.map_event_name(event_name) if isinstance(event_name, str) else ""
-
-
-# Custom event names already checked for a likely typo (bounded: names are the app's own).
-_names_checked: set[str] = set()
-_NAMES_CHECKED_MAX = 1024
-
-
-def _warn_if_misspelled(name: str) -> None:
-    """Warn once per name when a custom event name is one edit away from a standard one."""
-    if len(_names_checked) >= _NAMES_CHECKED_MAX:
-        return
-    _names_checked.add(name)
-    meant = event_rules.near_standard_name(name)
-    if meant is not None:
-        logger.warning(
-            "capi_middleware: event name %r is not a standard event, so Meta counts it as a "
-            "custom event; did you mean %r? (said once per name)",
-            name[:64],
-            meant,
-        )
-
-
-def _print_dry_run(event: Mapping[str, Any]) -> None:
-    """``dry_run="debug"``: the event to stderr, as a developer asked (values masked)."""
-    try:
-        print(describe_event(event), file=sys.stderr, flush=True)
-    except Exception as exc:  # a closed or broken stderr must not cost the request
-        log_internal_error("printing a dry_run event", exc)
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
@@ -660,16 +440,3 @@ def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:
     if not user_data:
         return set()
     return {FRIENDLY_KEYS.get(k, k) if isinstance(k, str) else k for k in user_data}
-
-
-def log_internal_error(where: str, exc: BaseException) -> None:
-    """Log our own failure without the exception's message (it may quote personal data)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    last = frames[-1] if frames else None
-    at = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}" if last else ""
-    logger.error(
-        "capi_middleware: internal error in %s: %s%s; the request goes on",
-        where,
-        type(exc).__name__,
-        at,
-    )
