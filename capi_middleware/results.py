@@ -12,10 +12,13 @@ import html
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from capi_middleware.errors import Problem
 from capi_middleware.rules.pixel import render_fbq_track
+
+_NO_DATA: Mapping[str, Any] = MappingProxyType({})
 
 __all__ = [
     "MATCH_KEYS",
@@ -38,9 +41,12 @@ TrackStatus = Literal["queued", "denied", "invalid", "dropped", "dry_run", "erro
 """
 
 
-@dataclass(frozen=True)
-class TrackResult:
-    """What ``track()`` did with one event.
+class TrackResult(NamedTuple):
+    """What ``track()`` did with one event: an immutable value.
+
+    A named tuple rather than a frozen dataclass: one is made per ``track()``, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs twice as much
+    (docs/overhead.md).
 
     Parameters:
         event_id: the event's id; give it to the page's ``fbq(..., {eventID})`` so Meta merges
@@ -60,8 +66,15 @@ class TrackResult:
     status: TrackStatus
     problems: tuple[Problem, ...] = ()
     event_name: str = ""
-    custom_data: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    pixel_data: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    custom_data: Mapping[str, Any] = _NO_DATA
+    pixel_data: Mapping[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        # The custom data stays out of logs and tracebacks: it is the app's, and can be large.
+        return (
+            f"TrackResult(event_id={self.event_id!r}, status={self.status!r}, "
+            f"problems={self.problems!r}, event_name={self.event_name!r})"
+        )
 
     @property
     def ok(self) -> bool:

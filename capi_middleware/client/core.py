@@ -15,7 +15,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -428,7 +427,7 @@ def _unsent(
     ``result.fbq()`` renders the same call and the pixel's own consent decides (mapped only if
     a page asks: a denial stays cheap).
     """
-    return replace(_result(event_id, status, name, problems), pixel_data=custom_data)
+    return _result(event_id, status, name, problems)._replace(pixel_data=custom_data)
 
 
 def _name_of(event_name: object) -> str:
