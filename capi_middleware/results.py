@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import html
 import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from capi_middleware.errors import Problem
 from capi_middleware.rules.pixel import render_fbq_track
+
+_NO_DATA: Mapping[str, Any] = MappingProxyType({})
 
 __all__ = [
     "MATCH_KEYS",
@@ -39,9 +41,12 @@ TrackStatus = Literal["queued", "denied", "invalid", "dropped", "dry_run", "erro
 """
 
 
-@dataclass(frozen=True)
-class TrackResult:
-    """What ``track()`` did with one event.
+class TrackResult(NamedTuple):
+    """What ``track()`` did with one event: an immutable value.
+
+    A named tuple rather than a frozen dataclass: one is made per ``track()``, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs twice as much
+    (docs/overhead.md).
 
     Parameters:
         event_id: the event's id; give it to the page's ``fbq(..., {eventID})`` so Meta merges
@@ -61,8 +66,15 @@ class TrackResult:
     status: TrackStatus
     problems: tuple[Problem, ...] = ()
     event_name: str = ""
-    custom_data: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    pixel_data: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    custom_data: Mapping[str, Any] = _NO_DATA
+    pixel_data: Mapping[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        # The custom data stays out of logs and tracebacks: it is the app's, and can be large.
+        return (
+            f"TrackResult(event_id={self.event_id!r}, status={self.status!r}, "
+            f"problems={self.problems!r}, event_name={self.event_name!r})"
+        )
 
     @property
     def ok(self) -> bool:
@@ -170,51 +182,56 @@ class MatchQuality:
 
     `record` is called once per event that went out (queued, or built under ``dry_run``) with
     the event's normalized ``user_data`` and its problems; a dropped value's problem names its
-    key and reason (`rules.drops.DroppedValue`). Thread-safe; bounded by the number of event
-    names, keys and reasons, all of which come from a fixed vocabulary or the app's own calls.
+    key and reason (`rules.drops.DroppedValue`). Thread-safe and bounded: event names come from
+    the app, keys and reasons from fixed vocabularies.
+
+    It runs on every ``track()``, so it counts each event's *set* of keys (one C-level
+    ``frozenset`` and one dict update; a shop's events come in a handful of shapes) and works
+    the per-key figures out when a report is asked for.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: Counter[str] = Counter()
-        self._keys: dict[str, Counter[str]] = {}
-        self._dropped: dict[str, dict[str, Counter[str]]] = {}
+        self._shapes: dict[str, dict[frozenset[str], int]] = {}
+        self._dropped: dict[str, dict[str, dict[str, int]]] = {}
 
     def record(
         self, event_name: str, user_data: Mapping[str, Any], problems: Iterable[Problem]
     ) -> None:
         """Count one event sent: which match keys it carries, which values were dropped."""
-        carried = [key for key in user_data if key in _MATCH_KEY_SET]
-        drops = [
-            (key, reason)
-            for problem in problems
-            if isinstance(key := getattr(problem, "key", None), str)
-            and isinstance(reason := getattr(problem, "reason", None), str)
-        ]
+        shape = frozenset(user_data)
         with self._lock:
-            self._events[event_name] += 1
-            keys = self._keys.get(event_name)
-            if keys is None:
-                keys = self._keys[event_name] = Counter()
-            keys.update(carried)
-            if drops:
-                per_key = self._dropped.setdefault(event_name, {})
-                for key, reason in drops:
-                    per_key.setdefault(key, Counter())[reason] += 1
+            shapes = self._shapes.get(event_name)
+            if shapes is None:
+                shapes = self._shapes[event_name] = {}
+            shapes[shape] = shapes.get(shape, 0) + 1
+            for problem in problems:
+                key = getattr(problem, "key", None)
+                reason = getattr(problem, "reason", None)
+                if isinstance(key, str) and isinstance(reason, str):
+                    reasons = self._dropped.setdefault(event_name, {}).setdefault(key, {})
+                    reasons[reason] = reasons.get(reason, 0) + 1
 
     def counts(self) -> dict[str, dict[str, Any]]:
         """Raw counts per event name: ``{"events": n, "keys": {key: n}, "dropped": {...}}``."""
         with self._lock:
-            return {
-                name: {
-                    "events": events,
-                    "keys": dict(self._keys.get(name, {})),
-                    "dropped": {
-                        key: dict(reasons) for key, reasons in self._dropped.get(name, {}).items()
-                    },
-                }
-                for name, events in self._events.items()
+            shapes = {name: dict(per) for name, per in self._shapes.items()}
+            dropped = {
+                name: {key: dict(reasons) for key, reasons in per.items()}
+                for name, per in self._dropped.items()
             }
+        counts: dict[str, dict[str, Any]] = {}
+        for name, per_shape in shapes.items():
+            keys: dict[str, int] = {}
+            for shape, n in per_shape.items():
+                for key in shape & _MATCH_KEY_SET:
+                    keys[key] = keys.get(key, 0) + n
+            counts[name] = {
+                "events": sum(per_shape.values()),
+                "keys": keys,
+                "dropped": dropped.get(name, {}),
+            }
+        return counts
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per event name: events sent, the share (0..1) carrying each match key, and drops.

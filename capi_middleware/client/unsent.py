@@ -7,7 +7,6 @@ to ``track()``, so ``result.fbq()`` renders the same call for the pixel.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from capi_middleware.errors import Problem
@@ -40,7 +39,7 @@ def unsent_result(
     ``result.fbq()`` renders the same call and the pixel's own consent decides (mapped only if
     a page asks: a denial stays cheap).
     """
-    return replace(unbuilt_result(event_id, status, name, problems), pixel_data=custom_data)
+    return unbuilt_result(event_id, status, name, problems)._replace(pixel_data=custom_data)
 
 
 def name_of(event_name: object) -> str:
