@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from capi_middleware.cli.terminal import printable
+from capi_middleware.cli.terminal import print_dead_letters, printable
 from capi_middleware.config import is_redis_url
 from capi_middleware.delivery.outbox_schema import OutboxFileError, open_outbox_file
 
@@ -242,25 +242,7 @@ def _dead(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
         }
         for r in rows
     ]
-    if args.json:
-        for letter in letters:
-            # ensure_ascii (the default) escapes every control character too.
-            print(json.dumps(letter))
-        return 0
-    if not letters:
-        print("no dead letters")
-        return 0
-    for d in letters:
-        code = "-" if d["code"] is None else f"{d['code']}/{d['subcode'] or '-'}"
-        message = printable(d["message"])
-        if len(message) > 80:
-            message = message[:77] + "..."
-        print(
-            f"{d['time']}  {printable(d['event_id'])}  {printable(d['event_name'] or '?')}  "
-            f"pixel {printable(d['pixel_id'])}  {printable(d['reason'])}  "
-            f"code {printable(code)}  {message}"
-        )
-    print(f"({len(letters)} of {total} shown)")
+    print_dead_letters(letters, total, as_json=args.json)
     return 0
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from capi_middleware.cli.terminal import printable
+from capi_middleware.cli.terminal import print_dead_letters, printable
 from capi_middleware.delivery.redis_layout import (
     BOOKS_SCRIPT,
     GROUP,
@@ -136,25 +136,7 @@ def _dead(client: Any, keys: Keys, args: argparse.Namespace) -> int:
         total += 1
         if len(letters) < args.limit:
             letters.append(_letter(entry, fields))
-    if args.json:
-        for letter in letters:
-            print(json.dumps(letter))
-        return 0
-    if not letters:
-        print("no dead letters")
-        return 0
-    for d in letters:
-        code = "-" if d["code"] is None else f"{d['code']}/{d['subcode'] or '-'}"
-        # Stored text, escaped: a stored message must not drive the terminal (issue 10).
-        message = printable(d["message"])
-        if len(message) > 80:
-            message = message[:77] + "..."
-        print(
-            f"{d['time']}  {printable(d['event_id'] or '?')}  {printable(d['event_name'] or '?')}"
-            f"  pixel {printable(d['pixel_id'] or '?')}  {printable(d['reason'])}  "
-            f"code {printable(code)}  {message}"
-        )
-    print(f"({len(letters)} of {total} shown)")
+    print_dead_letters(letters, total, as_json=args.json)
     return 0
 
 

@@ -9,10 +9,11 @@ controls that reorder it. `printable` shows each such character as a Python esca
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
-__all__ = ["printable", "redact"]
+__all__ = ["print_dead_letters", "printable", "redact"]
 
 
 def printable(value: object) -> str:
@@ -62,3 +63,29 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
             if form:
                 text = text.replace(form, "***")
     return text
+
+
+def print_dead_letters(letters: Sequence[Mapping[str, Any]], total: int, *, as_json: bool) -> None:
+    """``outbox dead``'s listing, the same for every store: one line (or JSON object) each.
+
+    Stored text is escaped (`printable`): a stored message must not drive the terminal.
+    """
+    if as_json:
+        for letter in letters:
+            # ensure_ascii (the default) escapes every control character too.
+            print(json.dumps(letter))
+        return
+    if not letters:
+        print("no dead letters")
+        return
+    for d in letters:
+        code = "-" if d["code"] is None else f"{d['code']}/{d['subcode'] or '-'}"
+        message = printable(d["message"])
+        if len(message) > 80:
+            message = message[:77] + "..."
+        print(
+            f"{d['time']}  {printable(d['event_id'] or '?')}  {printable(d['event_name'] or '?')}"
+            f"  pixel {printable(d['pixel_id'] or '?')}  {printable(d['reason'])}  "
+            f"code {printable(code)}  {message}"
+        )
+    print(f"({len(letters)} of {total} shown)")
