@@ -74,3 +74,14 @@ def test_importing_the_package_starts_nothing_heavy() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_demo_and_the_test_kit_import_without_the_test_extras() -> None:
+    # The README's demo command installs only '.[demo]': no pytest. The demo imports the fake
+    # Graph API from capi_middleware.testing, whose fixtures must not need pytest to import.
+    code = (
+        "import sys; sys.modules['pytest'] = None;"
+        "import capi_middleware.testing as t, capi_middleware.demo;"
+        "assert callable(t.fake_graph) and callable(t.fake_graph_env) and t.FakeGraphAPI"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -69,8 +69,16 @@ def find_client(app: object) -> CAPIClient:
 
 try:
     import pytest
-except ImportError:  # pragma: no cover - pytest is only needed to use the fixtures
-    pass
+except ImportError:  # pytest is only needed to use the fixtures; the names exist without it
+
+    def fake_graph_session() -> Iterator[FakeGraphAPI]:
+        """Needs pytest (``pip install pytest``)."""
+        raise ModuleNotFoundError("capi_middleware.testing's fixtures need pytest")
+
+    def fake_graph_env(fake_graph_session: FakeGraphAPI) -> FakeGraphAPI:
+        """Needs pytest (``pip install pytest``)."""
+        raise ModuleNotFoundError("capi_middleware.testing's fixtures need pytest")
+
 else:
 
     @pytest.fixture(scope="session")

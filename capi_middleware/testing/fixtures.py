@@ -18,8 +18,16 @@ __all__ = ["fake_graph", "fake_graph_config"]
 
 try:
     import pytest
-except ImportError:  # pragma: no cover - pytest is only needed to use the fixtures
-    pass
+except ImportError:  # pytest is only needed to use the fixtures; the names exist without it
+
+    def fake_graph() -> Iterator[FakeGraphAPI]:
+        """Needs pytest (``pip install pytest``)."""
+        raise ModuleNotFoundError("capi_middleware.testing's fixtures need pytest")
+
+    def fake_graph_config(fake_graph: FakeGraphAPI) -> CAPIConfig:
+        """Needs pytest (``pip install pytest``)."""
+        raise ModuleNotFoundError("capi_middleware.testing's fixtures need pytest")
+
 else:
 
     @pytest.fixture
