@@ -6,12 +6,17 @@ Not fixtures, so a helper class or function can call them; imported as ``from li
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
+
+from capi_middleware.testing import FakeGraphAPI
 
 
 def free_port() -> int:
@@ -58,3 +63,39 @@ def wait_until_serving(
         except httpx.TransportError:
             time.sleep(0.02)
     raise AssertionError(f"the server did not answer {url} within {timeout:g}s:\n{logs()}")
+
+
+# -- what a fleet of processes delivered ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One copy of an event that the fake accepted."""
+
+    request: int  # index in fake.requests
+    sender: str  # the partner_agent of the process that sent it
+    raw: str  # the event's JSON exactly as it was in the request body
+
+
+def raw_events(body: bytes) -> list[str]:
+    """The ``data`` array's elements as the exact text they had in the body."""
+    text = body.decode("utf-8")
+    decoder = json.JSONDecoder()
+    start = text.index("[", text.index('"data"')) + 1
+    out = []
+    while text[start] != "]":
+        _, end = decoder.raw_decode(text, start)
+        out.append(text[start:end])
+        start = end + 1 if text[end] == "," else end
+    return out
+
+
+def delivered_copies(fake: FakeGraphAPI) -> dict[str, list[Copy]]:
+    copies: dict[str, list[Copy]] = defaultdict(list)
+    for index, request in enumerate(fake.requests):
+        if request.status != 200:
+            continue
+        agent = str(request.json().get("partner_agent"))
+        for raw in raw_events(request.body):
+            copies[json.loads(raw)["event_id"]].append(Copy(index, agent, raw))
+    return copies

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,14 @@ from typing import Any
 
 import httpx
 import pytest
-from live import free_port, wait_until, wait_until_serving
+from live import (
+    Copy,
+    delivered_copies,
+    free_port,
+    raw_events,
+    wait_until,
+    wait_until_serving,
+)
 
 from capi_middleware.delivery.sqlite_store import open_outbox_file
 from capi_middleware.testing.fake import (
@@ -208,39 +215,6 @@ def finish(shoppers: list[Shopper]) -> list[str]:
 
 
 # -- what the fake and the file hold ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Copy:
-    """One copy of an event that the fake accepted."""
-
-    request: int  # index in fake.requests
-    sender: str  # the partner_agent of the process that sent it
-    raw: str  # the event's JSON exactly as it was in the request body
-
-
-def raw_events(body: bytes) -> list[str]:
-    """The ``data`` array's elements as the exact text they had in the body."""
-    text = body.decode("utf-8")
-    decoder = json.JSONDecoder()
-    start = text.index("[", text.index('"data"')) + 1
-    out = []
-    while text[start] != "]":
-        _, end = decoder.raw_decode(text, start)
-        out.append(text[start:end])
-        start = end + 1 if text[end] == "," else end
-    return out
-
-
-def delivered_copies(fake: FakeGraphAPI) -> dict[str, list[Copy]]:
-    copies: dict[str, list[Copy]] = defaultdict(list)
-    for index, request in enumerate(fake.requests):
-        if request.status != 200:
-            continue
-        agent = str(request.json().get("partner_agent"))
-        for raw in raw_events(request.body):
-            copies[json.loads(raw)["event_id"]].append(Copy(index, agent, raw))
-    return copies
 
 
 def last_delivered_request(fake: FakeGraphAPI, sender: str) -> int | None:

@@ -18,7 +18,6 @@ sent a batch is read from the request body (each host has its own ``partner_agen
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -27,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import httpx
 import pytest
 import redis
 from conftest import RedisServer
-from live import free_port, wait_until, wait_until_serving
+from live import delivered_copies, free_port, wait_until, wait_until_serving
 
 from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
@@ -219,37 +218,6 @@ def committed_count(shoppers: list[Shopper]) -> int:
 
 
 # -- what the fake holds ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Copy:
-    request: int
-    sender: str
-    raw: str
-
-
-def raw_events(body: bytes) -> list[str]:
-    """The ``data`` array's elements as the exact text they had in the body."""
-    text = body.decode("utf-8")
-    decoder = json.JSONDecoder()
-    start = text.index("[", text.index('"data"')) + 1
-    out = []
-    while text[start] != "]":
-        _, end = decoder.raw_decode(text, start)
-        out.append(text[start:end])
-        start = end + 1 if text[end] == "," else end
-    return out
-
-
-def delivered_copies(fake: FakeGraphAPI) -> dict[str, list[Copy]]:
-    copies: dict[str, list[Copy]] = defaultdict(list)
-    for index, request in enumerate(fake.requests):
-        if request.status != 200:
-            continue
-        agent = str(request.json().get("partner_agent"))
-        for raw in raw_events(request.body):
-            copies[json.loads(raw)["event_id"]].append(Copy(index, agent, raw))
-    return copies
 
 
 def assert_only_in_flight_duplicates(fake: FakeGraphAPI, killed: list[str]) -> int:
