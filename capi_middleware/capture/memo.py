@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, TypeVar
 from capi_middleware.capture.browser import raw_browser_made
 from capi_middleware.capture.context import LAZY, RequestContext
 from capi_middleware.capture.headers import MAX_COOKIE_HEADER_CHARS, MAX_HEADER_CHARS
-from capi_middleware.capture.set_cookies import apply_plan
+from capi_middleware.capture.set_cookies import apply_plan, plan_now
 from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.consent.policies import ConsentDecision, evaluate, signals_read
 from capi_middleware.rules import client_ip as client_ip_rules
@@ -73,7 +73,8 @@ class Outcome(NamedTuple):
     host: str | None  # the page host (granted only; else worked out on first read)
     fbc: str | None  # the visitor's valid cookies (kept ones; never minted values)
     fbp: str | None
-    kept: cookie_rules.KeptCookies | None  # granted: what `apply_plan` plans from, per request
+    kept: cookie_rules.KeptCookies | None  # granted: what the cookie plan is made from
+    plan: cookie_rules.CookiePlan | None  # granted, when it mints nothing: the same every time
     expire: tuple[str, ...] = ()  # refused: Set-Cookie values removing ours, on page loads
 
 
@@ -248,12 +249,16 @@ def store_granted(
     decision: ConsentDecision,
     facts: CookieFacts,
     kept: cookie_rules.KeptCookies,
+    set_fbp: bool,
 ) -> None:
-    """Keep a granted request's outcome: the visitor's validated cookies to plan from."""
+    """Keep a granted request's outcome: the visitor's validated cookies, and their plan when
+    it mints nothing (a valid ``_fbp``, or ``set_fbp`` off): then it holds for every request
+    with this key, and a replay only applies it. Else it mints on the clock, per request."""
     if page_host(raw_map.get(b"host"), scheme) != host:
         return  # the host came from the server address, which is not in the key
     if not judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
         return
+    plan = plan_now(kept, None, set_fbp)
     outcome = Outcome(
         scheme=scheme,
         consent=decision,
@@ -262,6 +267,7 @@ def store_granted(
         fbc=kept.fbc,
         fbp=kept.fbp,
         kept=kept,
+        plan=None if plan.minted else plan,
     )
     store_outcome(memo, key, outcome)
 
@@ -308,9 +314,12 @@ def replay(
         ctx.response_cookies.extend(outcome.expire)  # a refusal: ours removed (issue 10)
     if outcome.kept is not None:
         try:
-            # Only a browser gets a new _fbp (see CapturePipeline._capture).
-            browser = raw_cookie is not None or raw_browser_made(header_map)
-            apply_plan(ctx, outcome.kept, None, set_fbp and browser)
+            plan = outcome.plan
+            if plan is None:
+                # Only a browser gets a new _fbp (see CapturePipeline._capture).
+                browser = raw_cookie is not None or raw_browser_made(header_map)
+                plan = plan_now(outcome.kept, None, set_fbp and browser)
+            apply_plan(ctx, plan)
         except Exception as exc:
             client.count("capture_errors")
             log_internal_error("cookie planning", exc)

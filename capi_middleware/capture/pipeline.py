@@ -39,6 +39,7 @@ from capi_middleware.capture.set_cookies import (
     apply_plan,
     expire_ours,
     is_page_load,
+    plan_now,
 )
 from capi_middleware.client import CAPIClient, log_internal_error
 from capi_middleware.consent.policies import ConsentDecision, default_policy
@@ -324,7 +325,8 @@ class CapturePipeline:
                     # Meta §4: the visitor's own valid cookies, validated once per visit
                     # (memoized), then what this request mints and re-sends.
                     kept = self._keep(page, secure, facts.fbc, facts.fbp, outcome_key is None)
-                    apply_plan(ctx, kept, fbclid if browser else None, self._set_fbp and browser)
+                    plan = plan_now(kept, fbclid if browser else None, self._set_fbp and browser)
+                    apply_plan(ctx, plan)
                 except Exception as exc:
                     # Keep the request and the context; only the cookies are lost.
                     self.count("capture_errors")
@@ -341,6 +343,7 @@ class CapturePipeline:
                             decision,
                             facts,
                             kept,
+                            self._set_fbp,
                         )
                     return ctx
         # Without consent the visitor's own valid cookies are still read (never set); a
@@ -391,6 +394,7 @@ class CapturePipeline:
                     fbc=ctx.fbc,
                     fbp=ctx.fbp,
                     kept=None,
+                    plan=None,
                     expire=expire,
                 ),
             )

@@ -1,9 +1,9 @@
 """The Set-Cookie values a response gets: Meta's cookie plan, expiry on refusal, and where not.
 
-`apply_plan` puts Meta §4's plan for a request onto its context (new ``_fbc`` from an fbclid, a
-minted ``_fbp``, the visitor's own cookies re-sent on page loads); `expire_ours` removes what we
-set when the visitor refuses consent (issue 10). The adapters leave ours off a response a shared
-cache may store (`is_shared_cacheable`) and off a cookie the app sets itself
+`apply_plan` puts Meta §4's plan for a request (`plan_now`) onto its context (new ``_fbc`` from
+an fbclid, a minted ``_fbp``, the visitor's own cookies re-sent on page loads); `expire_ours`
+removes what we set when the visitor refuses consent (issue 10). The adapters leave ours off a
+response a shared cache may store (`is_shared_cacheable`) and off a cookie the app sets itself
 (`cookies_not_set_by_app`).
 """
 
@@ -26,6 +26,7 @@ __all__ = [
     "expire_ours",
     "is_page_load",
     "is_shared_cacheable",
+    "plan_now",
 ]
 
 # Denials that are not the visitor's (or the site's policy's) "no": nothing is expired for them.
@@ -34,30 +35,29 @@ NOT_A_REFUSAL = frozenset(
 )
 
 
-def apply_plan(
-    ctx: RequestContext,
-    kept: cookie_rules.KeptCookies,
-    fbclid: str | None,
-    set_fbp: bool,
-) -> None:
-    """Meta §4's cookie plan for this request (`cookies.plan_from_kept`), onto ``ctx``.
+def apply_plan(ctx: RequestContext, plan: cookie_rules.CookiePlan) -> None:
+    """Put a cookie plan (`cookies.plan_from_kept`) onto ``ctx``: its cookies and Set-Cookies.
 
-    A new fbclid mints ``_fbc``; a missing ``_fbp`` is minted when ``set_fbp``, on any request.
-    The visitor's own valid cookies (``kept``) are re-sent only on a document navigation: one
-    refresh per page view extends Safari's 7-day cap on script-set cookies as well as one per
-    request would, without a Set-Cookie on every API call and asset (`is_page_load`). Minting
-    depends on the clock, so it runs on every request, memoized or not.
+    Minted cookies go out on any request; the visitor's own valid cookies are refreshed only on
+    a document navigation: one refresh per page view extends Safari's 7-day cap on script-set
+    cookies as well as one per request would, without a Set-Cookie on every API call and asset
+    (`is_page_load`).
     """
-    plan = cookie_rules.plan_from_kept(
-        kept,
-        fbclid=fbclid,
-        set_fbp=set_fbp,
-        now_ms=int(time.time() * 1000),
-        resend=lambda: is_page_load(ctx),
-    )
-    ctx.response_cookies.extend(plan.set_cookie)
+    if plan.minted:
+        ctx.response_cookies.extend(plan.minted)
+    if plan.refresh and is_page_load(ctx):
+        ctx.response_cookies.extend(plan.refresh)
     ctx.fbc = plan.fbc
     ctx.fbp = plan.fbp
+
+
+def plan_now(
+    kept: cookie_rules.KeptCookies, fbclid: str | None, set_fbp: bool
+) -> cookie_rules.CookiePlan:
+    """`cookies.plan_from_kept` at the current time (minting stamps the clock)."""
+    return cookie_rules.plan_from_kept(
+        kept, fbclid=fbclid, set_fbp=set_fbp, now_ms=int(time.time() * 1000)
+    )
 
 
 def is_page_load(ctx: RequestContext) -> bool:

@@ -19,7 +19,7 @@ import functools
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -286,12 +286,21 @@ class CookiePlan(NamedTuple):
     Parameters:
         fbc: the ``_fbc`` this request's events use: the visitor's valid one, or one minted now.
         fbp: likewise for ``_fbp``; None when there is none and minting is off.
-        set_cookie: ``Set-Cookie`` header values to append to the response.
+        minted: ``Set-Cookie`` values for cookies minted now: every response carries them.
+        refresh: ``Set-Cookie`` values re-sending the visitor's own valid cookies, so they
+            outlive Safari's 7-day cap on script-set cookies: for page loads, where one refresh
+            per page view does as much as one per request.
     """
 
     fbc: str | None
     fbp: str | None
-    set_cookie: tuple[str, ...]
+    minted: tuple[str, ...]
+    refresh: tuple[str, ...]
+
+    @property
+    def set_cookie(self) -> tuple[str, ...]:
+        """Every ``Set-Cookie`` value a page load gets: the minted ones, then the refreshed."""
+        return self.minted + self.refresh
 
 
 class KeptCookies(NamedTuple):
@@ -365,7 +374,7 @@ def plan_cookies(
     """Decide ``_fbc`` and ``_fbp`` for one request (call only with consent).
 
     The visitor's cookies are validated by `keep_cookies`, then `plan_from_kept` applies the
-    minting rules; valid cookies are re-sent (see `plan_from_kept`'s ``resend``).
+    minting rules; valid cookies are refreshed (`CookiePlan.refresh`).
     """
     kept = keep_cookies(
         host=host,
@@ -386,37 +395,32 @@ def plan_from_kept(
     fbclid: str | None,
     set_fbp: bool,
     now_ms: int,
-    resend: Callable[[], bool] | None = None,
 ) -> CookiePlan:
     """Meta §4's rules on top of the visitor's validated cookies: the one place they live.
 
     Mint ``_fbc`` when there is an fbclid and no valid ``_fbc``, or the valid one's click id
     differs; with the same click id keep the cookie and its original creation time. Mint
     ``_fbp`` only when there is no valid one (and ``set_fbp``); never replace a valid one.
-    Minting happens on any request. The visitor's still-valid cookies are re-sent, so they
-    outlive Safari's 7-day cap on script-set cookies, when ``resend()`` says so (called at most
-    once; None means always). Invalid cookie values were ignored by `keep_cookies`; ``fbclid``
-    must be a valid click id (`extract_fbclid` returns only those).
+    The visitor's still-valid cookies are refreshed (`CookiePlan.refresh`). Invalid cookie
+    values were ignored by `keep_cookies`; ``fbclid`` must be a valid click id (`extract_fbclid`
+    returns only those).
+
+    A plan that mints nothing depends only on ``kept``: a caller may reuse it for every request
+    that brings the same cookies and no fbclid.
     """
-    headers: list[str] = []
-    wanted: bool | None = None if resend is not None else True
+    minted: list[str] = []
+    refresh: list[str] = []
     fbc = kept.fbc
     if fbclid is not None and kept.fbc_click_id != fbclid:
         fbc = mint_fbc(fbclid, subdomain_index=kept.subdomain_index, now_ms=now_ms)
-        headers.append(f"{FBC_COOKIE}={fbc}{kept.attributes}")
+        minted.append(f"{FBC_COOKIE}={fbc}{kept.attributes}")
     elif kept.fbc_header is not None:
-        if wanted is None:
-            wanted = resend is None or bool(resend())
-        if wanted:
-            headers.append(kept.fbc_header)
+        refresh.append(kept.fbc_header)
     fbp = kept.fbp
     if fbp is None:
         if set_fbp:
             fbp = mint_fbp(subdomain_index=kept.subdomain_index, now_ms=now_ms)
-            headers.append(f"{FBP_COOKIE}={fbp}{kept.attributes}")
+            minted.append(f"{FBP_COOKIE}={fbp}{kept.attributes}")
     elif kept.fbp_header is not None:
-        if wanted is None:
-            wanted = resend is None or bool(resend())
-        if wanted:
-            headers.append(kept.fbp_header)
-    return CookiePlan(fbc=fbc, fbp=fbp, set_cookie=tuple(headers))
+        refresh.append(kept.fbp_header)
+    return CookiePlan(fbc=fbc, fbp=fbp, minted=tuple(minted), refresh=tuple(refresh))

@@ -577,7 +577,7 @@ def test_plan_nothing_known_mints_fbp_only() -> None:
 
 
 def test_plan_without_set_fbp_sets_nothing() -> None:
-    assert plan(set_fbp=False) == CookiePlan(fbc=None, fbp=None, set_cookie=())
+    assert plan(set_fbp=False) == CookiePlan(fbc=None, fbp=None, minted=(), refresh=())
 
 
 def test_plan_fbclid_mints_fbc_with_now_and_index() -> None:
@@ -590,7 +590,10 @@ def test_plan_fbclid_mints_fbc_with_now_and_index() -> None:
 def test_plan_same_click_id_keeps_cookie_and_creation_time() -> None:
     result = plan({FBC_COOKIE: FBC_OLD, FBP_COOKIE: FBP_OLD}, fbclid=CLICK)
     assert result == CookiePlan(
-        fbc=FBC_OLD, fbp=FBP_OLD, set_cookie=(sc(FBC_COOKIE, FBC_OLD), sc(FBP_COOKIE, FBP_OLD))
+        fbc=FBC_OLD,
+        fbp=FBP_OLD,
+        minted=(),
+        refresh=(sc(FBC_COOKIE, FBC_OLD), sc(FBP_COOKIE, FBP_OLD)),
     )
 
 
@@ -606,7 +609,8 @@ def test_plan_new_click_id_replaces_fbc_but_never_fbp() -> None:
     result = plan({FBC_COOKIE: FBC_OLD, FBP_COOKIE: FBP_OLD}, fbclid="NewClick")
     assert result.fbc == f"fb.1.{NOW}.NewClick"
     assert result.fbp == FBP_OLD
-    assert result.set_cookie == (sc(FBC_COOKIE, result.fbc), sc(FBP_COOKIE, FBP_OLD))
+    assert result.minted == (sc(FBC_COOKIE, result.fbc),)
+    assert result.refresh == (sc(FBP_COOKIE, FBP_OLD),)
 
 
 def test_plan_click_id_comparison_is_case_sensitive() -> None:
@@ -617,7 +621,10 @@ def test_plan_click_id_comparison_is_case_sensitive() -> None:
 def test_plan_no_fbclid_keeps_and_resends_valid_cookies() -> None:
     result = plan({FBC_COOKIE: FBC_OLD, FBP_COOKIE: FBP_OLD}, set_fbp=False)
     assert result == CookiePlan(
-        fbc=FBC_OLD, fbp=FBP_OLD, set_cookie=(sc(FBC_COOKIE, FBC_OLD), sc(FBP_COOKIE, FBP_OLD))
+        fbc=FBC_OLD,
+        fbp=FBP_OLD,
+        minted=(),
+        refresh=(sc(FBC_COOKIE, FBC_OLD), sc(FBP_COOKIE, FBP_OLD)),
     )
 
 
@@ -700,3 +707,12 @@ def test_plan_domain_and_subdomain_index(
         assert ("Domain=" in header) is (domain is not None)
         assert "Secure" not in header
         assert "HttpOnly" not in header
+
+
+def test_plan_mints_fbp_and_refreshes_a_valid_fbc() -> None:
+    result = plan({FBC_COOKIE: FBC_OLD})
+    assert result.fbc == FBC_OLD
+    assert result.fbp is not None
+    assert result.minted == (sc(FBP_COOKIE, result.fbp),)
+    assert result.refresh == (sc(FBC_COOKIE, FBC_OLD),)
+    assert result.set_cookie == result.minted + result.refresh
