@@ -272,10 +272,11 @@ class CAPIClient:
             for key, values in remembered.items():
                 if key not in given:
                     request_data[key] = list(values)
+        user = request_data
         if user_data:
             # Explicit keys win; a key given as None leaves the source's value out.
             request_data.update(user_data)
-        user = {k: v for k, v in request_data.items() if v is not None}
+            user = {k: v for k, v in request_data.items() if v is not None}
 
         built = event_rules.build_event(
             event_name,
@@ -307,12 +308,6 @@ class CAPIClient:
         if config.strict and built.problems:
             raise CAPIValidationError(built.problems)
 
-        result_args: dict[str, Any] = {
-            "event_id": event.event_id,
-            "problems": built.problems,
-            "event_name": event.event_name,
-            "custom_data": event.custom_data,
-        }
         if config.dry_run:
             self.count("dry_run")
             logger.info(
@@ -323,7 +318,7 @@ class CAPIClient:
             if config.dry_run == "debug":
                 print_dry_run(event.to_dict())
             self._match_quality.record(event.event_name, event.user_data, built.problems)
-            return TrackResult(status="dry_run", **result_args), event.user_data
+            return _sent(event, "dry_run", built.problems), event.user_data
 
         sender = self.sender()
         assert built.payload is not None  # build_event encodes every event it returns
@@ -339,15 +334,16 @@ class CAPIClient:
             scope = current_request_events.get()
             if scope is not None:
                 scope.queued += 1
+        problems = built.problems
         if outcome.dropped or outcome.accepted == 0:
             # Queue full, sender closed or no pixel configured: counted by the sender too.
             reason = outcome.reason or "unknown"
             dropped = Problem("event", f"not queued: {reason}", fatal=outcome.accepted == 0)
-            result_args["problems"] = (*built.problems, dropped)
+            problems = (*problems, dropped)
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
         if outcome.accepted > 0:
             self._match_quality.record(event.event_name, event.user_data, built.problems)
-        return TrackResult(status=status, **result_args), event.user_data
+        return _sent(event, status, problems), event.user_data
 
     # -- the sender -------------------------------------------------------------------------
 
@@ -403,6 +399,19 @@ class CAPIClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _sent(
+    event: event_rules.Event, status: TrackStatus, problems: tuple[Problem, ...]
+) -> TrackResult:
+    """The result of a built event that went to the sender (or was built under dry_run)."""
+    return TrackResult(
+        event_id=event.event_id,
+        status=status,
+        problems=problems,
+        event_name=event.event_name,
+        custom_data=event.custom_data,
+    )
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:

@@ -356,37 +356,11 @@ def build_event(
             hashed = normalized.data
             problems.extend(normalized.problems)
 
-    payload: dict[str, Any] = {
-        "event_name": name,
-        "event_time": seconds,
-        "event_id": event_id,
-        "action_source": source,
-        "user_data": hashed,
-        "custom_data": mapped_custom,
-    }
-    if event_source_url is not None:
-        payload["event_source_url"] = event_source_url
-    if referrer_url is not None:
-        payload["referrer_url"] = referrer_url
-    if opt_out is not None:
-        payload["opt_out"] = opt_out
-    if ldu:
-        payload["data_processing_options"] = ["LDU"]
-        payload["data_processing_options_country"] = ldu_country
-        payload["data_processing_options_state"] = ldu_state
-
-    for problem in check_event_rules(payload, current, built=True):
-        # event_time problems from coercion are already listed with a better message.
-        if time_problem is not None and problem.field == "event_time":
-            continue
-        problems.append(problem)
-
-    if any(p.fatal for p in problems):
-        return BuildResult(event=None, problems=tuple(problems))
-    # event_time was validated as an int above.
+    # The event as Meta receives it, checked and encoded in that one shape (Event.to_dict).
+    # An event_time that could not be read (a fatal problem already listed) is 0 until then.
     event = Event(
         event_name=name,
-        event_time=seconds,  # type: ignore[arg-type]
+        event_time=seconds if seconds is not None else 0,
         event_id=event_id,
         action_source=source,
         user_data=hashed,
@@ -398,8 +372,17 @@ def build_event(
         data_processing_options_country=ldu_country if ldu else None,
         data_processing_options_state=ldu_state if ldu else None,
     )
+    payload = event.to_dict()
+    for problem in check_event_rules(payload, current, built=True):
+        # event_time problems from coercion are already listed with a better message.
+        if time_problem is not None and problem.field == "event_time":
+            continue
+        problems.append(problem)
+
+    if problems and any(p.fatal for p in problems):
+        return BuildResult(event=None, problems=tuple(problems))
     try:
-        encoded = encode_json(event.to_dict())
+        encoded = encode_json(payload)
     except (TypeError, ValueError) as exc:  # a value map_custom_data let through
         problems.append(Problem("event", f"could not be encoded as JSON ({type(exc).__name__})"))
         return BuildResult(event=None, problems=tuple(problems))
