@@ -88,6 +88,26 @@ def test_a_visitor_s_event_carries_its_match_context(fake: FakeGraphAPI) -> None
     assert stats.delivery.delivered == 1
 
 
+def test_the_app_s_keys_win_over_the_visitor_s(fake: FakeGraphAPI) -> None:
+    # The visitor's keys go in as captured; a key the app gives replaces it (normalized like
+    # any user_data), and a key given as None leaves it out.
+    with CAPIClient(**options(fake)) as client:
+        result = client.track(
+            "Lead",
+            visitor=shopper(),
+            user_data={"client_user_agent": "  Other/1.0 ", "fbp": None, "email": EMAIL},
+        )
+        assert result.status == "queued", result.problems
+        assert client.flush(5.0)
+    (event,) = fake.events
+    user = event["user_data"]
+    assert user["client_user_agent"] == "Other/1.0"
+    assert "fbp" not in user
+    assert user["client_ip_address"] == "81.2.69.160"
+    assert user["fbc"] == f"fb.1.{NOW_MS}.AbCdEf123"
+    assert user["em"] == [sha256_hex(EMAIL)]
+
+
 def test_an_ldu_visitor_sends_limited_data_use(fake: FakeGraphAPI) -> None:
     visitor = Visitor.from_dict(
         {**shopper().to_dict(), "consent": "ldu", "ldu_country": 1, "ldu_state": 1000}

@@ -258,29 +258,33 @@ class CAPIClient:
                     problems = (NO_SIGNAL_OWN_POLICY,)
             return unsent_result(event_id, "denied", name, merged_custom, problems), None
 
-        request_data: dict[str, Any] = {}
+        # The source's own match keys are in Meta's form already (capture and Visitor validate
+        # them: MatchSource), so they go in as they are; only what the app gives is normalized.
+        clear_keys: dict[str, str] = {}
         if source.client_ip is not None:
-            request_data["client_ip_address"] = source.client_ip
+            clear_keys["client_ip_address"] = source.client_ip
         if source.user_agent is not None:
-            request_data["client_user_agent"] = source.user_agent
+            clear_keys["client_user_agent"] = source.user_agent
         if source.fbc is not None:
-            request_data["fbc"] = source.fbc
+            clear_keys["fbc"] = source.fbc
         if source.fbp is not None:
-            request_data["fbp"] = source.fbp
+            clear_keys["fbp"] = source.fbp
+        given = _meta_keys(user_data)
+        app_data: dict[str, Any] = {}
         if remembered:
-            given = _meta_keys(user_data)
             for key, values in remembered.items():
                 if key not in given:
-                    request_data[key] = list(values)
-        user = request_data
+                    app_data[key] = list(values)
         if user_data:
             # Explicit keys win; a key given as None leaves the source's value out.
-            request_data.update(user_data)
-            user = {k: v for k, v in request_data.items() if v is not None}
+            for key in given:
+                clear_keys.pop(key, None)
+            app_data.update((k, v) for k, v in user_data.items() if v is not None)
 
         built = event_rules.build_event(
             event_name,
-            user_data=user,
+            user_data=app_data,
+            clear_keys=clear_keys,
             custom_data=merged_custom,
             event_id=event_id,
             event_time=event_time,

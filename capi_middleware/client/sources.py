@@ -17,7 +17,13 @@ __all__ = ["NO_BASIS", "UNSTATED", "MatchSource", "NoVisitor", "basis"]
 
 
 class MatchSource(Protocol):
-    """Where an event's match context comes from: a request's context, or a saved visitor."""
+    """Where an event's match context comes from: a request's context, or a saved visitor.
+
+    Its match keys are in Meta's form already: a sendable IP (`rules.client_ip.sendable_ip`),
+    a cleaned user agent (`rules.page_url.clean_user_agent`), a valid ``_fbc`` and ``_fbp``.
+    Capture produces only such values and `Visitor` refuses any other, so events carry them
+    as they are (`rules.events.build_event`'s ``clear_keys``).
+    """
 
     @property
     def consent(self) -> ConsentDecision: ...

@@ -302,6 +302,7 @@ def build_event(
     event_name: str,
     *,
     user_data: Mapping[str, Any] | None = None,
+    clear_keys: Mapping[str, str] | None = None,
     custom_data: Mapping[str, Any] | None = None,
     event_id: str | None = None,
     event_time: int | float | datetime | None = None,
@@ -320,8 +321,11 @@ def build_event(
 
     ``user_data`` may mix friendly names (email, phone, ...), Meta keys and clear keys
     (client_ip_address, fbc, ...). ``custom_data`` may be GA4 ecommerce (items,
-    transaction_id, search_term) or Meta's fields. Never raises on bad input: the result
-    lists every problem, and ``event`` is None when one of them is fatal.
+    transaction_id, search_term) or Meta's fields. ``clear_keys`` are match keys already in
+    Meta's form (a request's sendable IP, cleaned user agent, valid ``_fbc``/``_fbp``, as
+    capture and `Visitor` validate them): sent as they are, under ``user_data``'s keys. Never
+    raises on bad input: the result lists every problem, and ``event`` is None when one of
+    them is fatal.
     """
     current = time.time() if now is None else now
     problems: list[Problem] = []
@@ -342,7 +346,7 @@ def build_event(
     mapped_custom, custom_problems = map_custom_data(custom_data)
     problems.extend(custom_problems)
 
-    hashed: dict[str, Any] = {}
+    hashed: dict[str, Any] = dict(clear_keys) if clear_keys else {}
     if user_data is not None and not isinstance(user_data, Mapping):
         problems.append(Problem("user_data", "must be a mapping of keys to values"))
     elif user_data:
@@ -353,7 +357,7 @@ def build_event(
         except Exception as exc:  # our own failure must not reach the host app's request
             problems.append(Problem("user_data", f"could not be normalized ({type(exc).__name__})"))
         else:
-            hashed = normalized.data
+            hashed.update(normalized.data)
             problems.extend(normalized.problems)
 
     # The event as Meta receives it, checked and encoded in that one shape (Event.to_dict).
