@@ -70,7 +70,7 @@ class CAPIClient:
             else None
         )
         self._counts_lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
+        self._counts: dict[str, int] = {}  # a plain dict: count() runs on every request
         self._invalid: Counter[str] = Counter()
         self._match_quality = MatchQuality()
         self._sender: Sender | None = None
@@ -103,7 +103,7 @@ class CAPIClient:
     def count(self, name: str, n: int = 1) -> None:
         """Add to one of the client's counters (thread-safe)."""
         with self._counts_lock:
-            self._counts[name] += n
+            self._counts[name] = self._counts.get(name, 0) + n
 
     def count_invalid(self, fields: Iterable[str]) -> None:
         """Count ``track()`` calls rejected as invalid, once per field of each fatal problem."""
