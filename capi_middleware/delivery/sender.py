@@ -34,9 +34,8 @@ from capi_middleware.delivery.graph import GraphClient
 from capi_middleware.delivery.memory_store import MemoryStore
 from capi_middleware.delivery.policy import Tunables, decide, full_jitter_delay
 from capi_middleware.delivery.reporting import (
-    LOG_EVENT_IDS,
     describe_verdict,
-    event_name_of,
+    log_dry_run,
     log_fields,
     report_dead_letters,
 )
@@ -710,7 +709,7 @@ class Sender:
                 self._put_back([e for b in [*stack, batch] for e in b], not_before=time.time())
                 return
             if self._config.dry_run:
-                self._log_dry_run(destination, batch)
+                log_dry_run(pixel_id, batch)
                 self._acknowledge(batch)
                 continue
             verdict = self._graph().send(destination, [e.payload for e in batch])
@@ -846,18 +845,6 @@ class Sender:
             self._store.dead_letter([e.id for e in events], letter)
             self._counts.dead_lettered[letter.reason] += len(events)
         report_dead_letters(events, letter, self._config.on_dead_letter)
-
-    def _log_dry_run(self, destination: Destination, batch: Sequence[StoredEvent]) -> None:
-        shown = batch[:LOG_EVENT_IDS]
-        names = ", ".join(f"{event_name_of(e.payload)}({e.event_id})" for e in shown)
-        more = f" and {len(batch) - LOG_EVENT_IDS} more" if len(batch) > LOG_EVENT_IDS else ""
-        logger.info(
-            "capi_middleware: dry run: would send %d event(s) to pixel %s: %s%s",
-            len(batch),
-            destination.pixel_id,
-            names,
-            more,
-        )
 
 
 def get_sender(
