@@ -1,4 +1,5 @@
-"""What delivery tells the outside: log lines' structured fields, and dead-letter reports.
+"""What delivery tells the outside: log lines' structured fields, dead-letter reports, and what
+a dry run would have sent.
 
 A dead letter is reported twice: one warning per pixel (counts, reason, Meta's code and trace id,
 at most ten event ids) and one call of the user's ``on_dead_letter`` hook per event. Neither ever
@@ -20,6 +21,7 @@ __all__ = [
     "describe_verdict",
     "event_ids_text",
     "event_name_of",
+    "log_dry_run",
     "log_fields",
     "report_dead_letters",
 ]
@@ -83,6 +85,20 @@ def event_name_of(payload: bytes) -> str | None:
     except (ValueError, AttributeError, RecursionError):
         return None
     return name if isinstance(name, str) else None
+
+
+def log_dry_run(pixel_id: str, batch: Sequence[StoredEvent]) -> None:
+    """Log what a dry run would have sent: the batch's size, pixel and first event names."""
+    shown = batch[:LOG_EVENT_IDS]
+    names = ", ".join(f"{event_name_of(e.payload)}({e.event_id})" for e in shown)
+    more = f" and {len(batch) - LOG_EVENT_IDS} more" if len(batch) > LOG_EVENT_IDS else ""
+    logger.info(
+        "capi_middleware: dry run: would send %d event(s) to pixel %s: %s%s",
+        len(batch),
+        pixel_id,
+        names,
+        more,
+    )
 
 
 def report_dead_letters(

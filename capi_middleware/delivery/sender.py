@@ -1,17 +1,17 @@
-"""The background sender: a named daemon thread that batches, sends, classifies and retries.
+"""The background sender's public face: `Sender`, and `get_sender` for the process's one.
 
 ``submit`` is what the request path calls (from an event loop or a WSGI thread): it encodes the
-event once, takes a lock, appends to a deque and maybe notifies the worker. It never does network
-I/O and never raises. The worker moves events into the `EventStore`, claims due ones in batches of
-up to ``batch_size`` per pixel, sends them over one pooled ``httpx.Client`` and acts on Meta's
-answer (META_CAPI_REFERENCE.md §5): `capi_middleware.delivery.classify` names the answer,
-`capi_middleware.delivery.policy` says what to do with the batch. Which store it holds is chosen
-in `capi_middleware.delivery.store_choice`; the process's registry and its exit and fork hooks
-are `capi_middleware.delivery.registry`.
+event once and hands it to the intake (a lock, a deque append and maybe a notify). It never does
+network I/O and never raises. The rest is three parts with one job each, made afresh for each
+process (a forked child starts clean):
 
-Locks: ``_state_lock`` guards the store and the counters, ``_intake_lock`` the deque. Whoever needs
-both takes ``_state_lock`` first. ``stats()`` takes both, so the balance
-``enqueued == delivered + dead_lettered + dropped + backlog`` holds at every read.
+- `capi_middleware.delivery.intake`: the queue the request path writes;
+- `capi_middleware.delivery.ledger`: the `EventStore` and the counters, and the lock order;
+- `capi_middleware.delivery.worker`: the thread that batches, sends, classifies and retries
+  (its pauses are `capi_middleware.delivery.pauses`).
+
+Which store it holds is chosen in `capi_middleware.delivery.store_choice`; the process's registry
+and its exit and fork hooks are `capi_middleware.delivery.registry`.
 """
 
 from __future__ import annotations
@@ -19,76 +19,29 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
-from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from capi_middleware.config import CAPIConfig, Destination
 from capi_middleware.delivery import registry
-from capi_middleware.delivery.graph import GraphClient
-from capi_middleware.delivery.memory_store import MemoryStore
-from capi_middleware.delivery.policy import Tunables, decide, full_jitter_delay
-from capi_middleware.delivery.reporting import (
-    LOG_EVENT_IDS,
-    describe_verdict,
-    event_name_of,
-    log_fields,
-    report_dead_letters,
-)
-from capi_middleware.delivery.stats import Counters, DeliveryStats, DropReason
-from capi_middleware.delivery.store import (
-    DeadLetter,
-    EventStore,
-    NewEvent,
-    SharedStore,
-    StoredEvent,
-)
-from capi_middleware.delivery.store_choice import (
-    ClosedStore,
-    open_configured_store,
-    store_for_forked_child,
-)
+from capi_middleware.delivery.intake import Intake, SubmitStatus
+from capi_middleware.delivery.ledger import Ledger
+from capi_middleware.delivery.pauses import Pauses
+from capi_middleware.delivery.policy import full_jitter_delay
+from capi_middleware.delivery.stats import DeliveryStats, DropReason
+from capi_middleware.delivery.store import EventStore, NewEvent
+from capi_middleware.delivery.store_choice import open_configured_store, store_for_forked_child
+from capi_middleware.delivery.worker import Worker
 from capi_middleware.rules.request_body import encode_json
-from capi_middleware.rules.validation import is_too_old
 
 __all__ = ["Sender", "SubmitStatus", "full_jitter_delay", "get_sender"]
 
 logger = logging.getLogger("capi_middleware.delivery")
 
 _DRY_RUN_PIXEL = "0"  # dry_run without a pixel: events are still built, batched and logged
-
-
-@dataclass(frozen=True)
-class SubmitStatus:
-    """What ``submit`` did with one event (counted per destination).
-
-    Parameters:
-        accepted: copies queued for delivery (one per destination).
-        dropped: copies dropped at once; ``reason`` says why.
-        reason: a `DropReason` value, ``"no_destination"``, or None when all were accepted.
-    """
-
-    accepted: int
-    dropped: int = 0
-    reason: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every copy was queued."""
-        return self.accepted > 0 and self.dropped == 0
-
-
-_ACCEPTED = tuple(SubmitStatus(n) for n in range(8))
-
-
-def _accepted(n: int) -> SubmitStatus:
-    # submit() is on the request path: reuse the common answers instead of allocating.
-    return _ACCEPTED[n] if n < len(_ACCEPTED) else SubmitStatus(n)
 
 
 def _event_field(event: Mapping[str, Any], name: str) -> Any:
@@ -148,55 +101,37 @@ class Sender:
                 "not to your live data. Remove it in production."
             )
         registry.track(self)
-        if self._store_backlog_hint:
+        if self._ledger.kept_from_before:
             # A durable store kept events from an earlier run: send them now, not at the first
             # submit (DESIGN: "what is left at exit is sent at the next start").
-            self._ensure_worker()
+            self._worker.ensure_running()
 
     # -- construction and fork ------------------------------------------------------------
 
     def _start_runtime(self, store: EventStore) -> None:
-        """(Re)create everything a process owns: locks, queue, store handle, counters."""
+        """(Re)create everything a process owns: queue, books, pauses, thread, their locks."""
         self._pid = os.getpid()
-        self._store = store
-        self._state_lock = threading.Lock()
-        self._intake_lock = threading.Lock()
-        self._wake = threading.Condition(self._intake_lock)
-        self._progress = threading.Condition(threading.Lock())
-        self._start_lock = threading.Lock()
-        self._intake: deque[NewEvent] = deque()
-        self._first_arrival = 0.0  # monotonic time the oldest queued event arrived
-        self._submit_counts = Counters()  # enqueued / dropped at submit: under _intake_lock
-        self._counts = Counters()  # the rest: under _state_lock
-        self._flushers = 0
-        self._stopping = False
-        self._halt = False
-        self._retired = False  # close() swapped the store out: late answers change nothing
-        self._thread: threading.Thread | None = None
-        self._worker_running = False
-        self._client: GraphClient | None = None
-        self._paused_until = 0.0  # monotonic: the whole sender waits (rate limited)
-        self._paused_until_wall: float | None = None
-        self._pixel_paused_until: dict[str, float] = {}  # wall clock: a pixel's config error
-        self._claim_horizon = 0.0  # wall clock: after resume(), claim events due until then
-        self._throttled_in_a_row = 0
-        self._config_alerted: set[str] = set()
-        try:
-            backlog = store.backlog()
-        except Exception:
-            logger.exception("capi_middleware: the event store failed to report its backlog")
-            backlog = 0
-        # Events a durable store kept from an earlier run count as enqueued in this one.
-        self._counts.enqueued = backlog
-        self._store_backlog_hint = backlog
-        self._due_at: float | None = time.time() if backlog else None  # wall clock
+        config = self._config
+        self._intake = Intake(max_queue=config.max_queue, batch_size=config.batch_size)
+        self._pauses = Pauses()
+        self._ledger = Ledger(store, self._intake, config)
+        self._worker = Worker(
+            config,
+            self._by_pixel,
+            transport=self._transport,
+            intake=self._intake,
+            ledger=self._ledger,
+            pauses=self._pauses,
+            tuning=self,
+            rng=self._rng,
+        )
 
     def after_fork_in_child(self) -> None:
         """A forked child starts clean: it must never re-send the parent's in-memory events.
 
         Called by the process's fork hook (`capi_middleware.delivery.registry`).
         """
-        store = store_for_forked_child(self._config, self._store, own=self._own_store)
+        store = store_for_forked_child(self._config, self._ledger.store, own=self._own_store)
         # The parent's client, thread and locks are the parent's; drop them without closing.
         self._start_runtime(store)
 
@@ -267,15 +202,16 @@ class Sender:
                 logger.warning("capi_middleware: no pixel_id/access_token configured; not sending")
             return SubmitStatus(0, 0, "no_destination")
         if self._closed:
-            with self._intake_lock:
-                self._submit_counts.enqueued += copies
-                self._submit_counts.dropped[DropReason.CLOSED] += copies
+            self._intake.refuse(copies, DropReason.CLOSED)
             return SubmitStatus(0, copies, DropReason.CLOSED)
         return None
 
     def _queue(self, new: Sequence[NewEvent], durable: bool) -> SubmitStatus:
-        status = self._put_now(new) if durable and self._store.durable else self._enqueue(new)
-        self._ensure_worker()
+        if durable and self._ledger.durable:
+            status = self._ledger.put_now(new)
+        else:
+            status = self._intake.enqueue(new)
+        self._worker.ensure_running()
         return status
 
     def _submit(self, event: Mapping[str, Any], *, durable: bool) -> SubmitStatus:
@@ -296,9 +232,7 @@ class Sender:
             if type(action_source) is not str:
                 action_source = str(action_source)
         except (TypeError, ValueError):
-            with self._intake_lock:
-                self._submit_counts.enqueued += copies
-                self._submit_counts.dropped[DropReason.UNENCODABLE] += copies
+            self._intake.refuse(copies, DropReason.UNENCODABLE)
             logger.error(
                 "capi_middleware: event %r (event_id %r) is not JSON-encodable; dropped",
                 _event_field(event, "event_name"),
@@ -311,140 +245,12 @@ class Sender:
         ]
         return self._queue(new, durable)
 
-    def _enqueue(self, new: Sequence[NewEvent]) -> SubmitStatus:
-        limit = self._config.max_queue
-        with self._intake_lock:
-            self._submit_counts.enqueued += len(new)
-            room = max(0, limit - len(self._intake) - self._store_backlog_hint)
-            accepted = new[:room]
-            lost = len(new) - len(accepted)
-            if lost:
-                self._submit_counts.dropped[DropReason.QUEUE_FULL] += lost
-            if accepted:
-                was_empty = not self._intake
-                if was_empty:
-                    self._first_arrival = time.monotonic()
-                self._intake.extend(accepted)
-                # Wake the worker only to start a batch timer or when a batch is full: one
-                # notify per batch, not per event.
-                if was_empty or len(self._intake) == self._config.batch_size:
-                    self._wake.notify()
-        if lost:
-            return SubmitStatus(len(accepted), lost, DropReason.QUEUE_FULL)
-        return _accepted(len(accepted))
-
-    def _put_now(self, new: Sequence[NewEvent]) -> SubmitStatus:
-        """Commit straight to a durable store (the caller asked to wait for it)."""
-        reason = DropReason.QUEUE_FULL
-        with self._state_lock:
-            try:
-                accepted = self._store.put(new, wait=True)
-            except Exception:
-                logger.exception("capi_middleware: the event store failed; event dropped")
-                accepted, reason = 0, DropReason.STORE_ERROR
-            lost = len(new) - accepted
-            with self._intake_lock:
-                self._submit_counts.enqueued += len(new)
-                if lost:
-                    self._submit_counts.dropped[reason] += lost
-                self._store_backlog_hint += accepted
-                if accepted:
-                    self._due_at = time.time()
-                    self._wake.notify()
-        return SubmitStatus(accepted, lost, reason if lost else None)
-
-    def _ensure_worker(self) -> None:
-        # A flag the worker clears as it exits, not Thread.is_alive() (which takes a lock):
-        # this runs on every submit.
-        if self._worker_running:
-            return
-        with self._start_lock:
-            if self._worker_running or self._closed:
-                return
-            self._thread = threading.Thread(
-                target=self._run, name="capi-middleware-sender", daemon=True
-            )
-            self._worker_running = True
-            try:
-                self._thread.start()
-            except BaseException:
-                self._worker_running = False  # the next submit tries again
-                raise
-
-    # -- reading --------------------------------------------------------------------------
+    # -- reading and lifecycle ------------------------------------------------------------
 
     def stats(self) -> DeliveryStats:
         """A consistent snapshot of the counters (see `DeliveryStats`)."""
         self._check_pid()
-        with self._state_lock:
-            try:
-                stored = self._store.backlog()
-            except Exception:
-                stored = self._store_backlog_hint
-            with self._intake_lock:
-                if isinstance(self._store, SharedStore):
-                    return self._shared_stats()
-                c = self._counts
-                merged = Counters(
-                    enqueued=c.enqueued + self._submit_counts.enqueued,
-                    delivered=c.delivered,
-                    retried=c.retried,
-                    requests=c.requests,
-                    dead_lettered=c.dead_lettered.copy(),
-                    dropped=c.dropped.copy(),
-                )
-                paused_until, reason = self._pause_state()
-                return merged.snapshot(
-                    backlog=stored + len(self._intake),
-                    extra_dropped=self._submit_counts.dropped,
-                    paused_until=paused_until,
-                    pause_reason=reason,
-                    dry_run=bool(self._config.dry_run),
-                )
-
-    def _shared_stats(self) -> DeliveryStats:
-        """A shared store's books are the fleet's; this process adds its queue and its drops.
-
-        Called with both locks held.
-        """
-        assert isinstance(self._store, SharedStore)
-        books = self._store.books()
-        dropped = Counter(self._submit_counts.dropped)
-        dropped.update(self._counts.dropped)
-        dropped.update(books.dropped)
-        own = sum(self._submit_counts.dropped.values()) + sum(self._counts.dropped.values())
-        paused_until, reason = self._pause_state()
-        return Counters(
-            enqueued=books.enqueued + len(self._intake) + own,
-            delivered=books.delivered,
-            retried=self._counts.retried,
-            requests=self._counts.requests,
-            dead_lettered=Counter(books.dead_lettered),
-        ).snapshot(
-            backlog=books.backlog + len(self._intake),
-            extra_dropped=dropped,
-            paused_until=paused_until,
-            pause_reason=reason,
-            dry_run=bool(self._config.dry_run),
-        )
-
-    def _pause_state(self) -> tuple[float | None, str | None]:
-        if self._paused_until > time.monotonic() and self._paused_until_wall is not None:
-            return self._paused_until_wall, "rate_limited"
-        now = time.time()
-        ends = [end for end in self._pixel_paused_until.values() if end > now]
-        return (max(ends), "bad_config") if ends else (None, None)
-
-    def _backlog(self) -> int:
-        with self._state_lock:
-            try:
-                stored = self._store.backlog()
-            except Exception:
-                stored = self._store_backlog_hint
-            with self._intake_lock:
-                return stored + len(self._intake)
-
-    # -- lifecycle ------------------------------------------------------------------------
+        return self._ledger.stats(self._pauses)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything due now and wait until the backlog is empty; False on timeout.
@@ -453,30 +259,7 @@ class Sender:
         waiting on one of those keep the backlog above zero until the wait is over.
         """
         self._check_pid()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._intake_lock:
-            self._flushers += 1
-            self._wake.notify()
-        try:
-            if self._backlog() and not self._closed:
-                self._ensure_worker()
-            while True:
-                if self._backlog() == 0:
-                    return True
-                thread = self._thread
-                if thread is None or not thread.is_alive():
-                    return False
-                wait = 0.1
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    wait = min(wait, left)
-                with self._progress:
-                    self._progress.wait(wait)
-        finally:
-            with self._intake_lock:
-                self._flushers -= 1
+        return self._worker.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush (up to ``timeout``), stop the worker and close the client. Idempotent.
@@ -486,55 +269,12 @@ class Sender:
         """
         self._check_pid()
         if self._closed:
-            return self._backlog() == 0
+            return self._ledger.backlog() == 0
         deadline = None if timeout is None else time.monotonic() + timeout
         flushed = self.flush(timeout)
         self._closed = True
-        with self._intake_lock:
-            self._stopping = True
-            self._wake.notify()
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            thread.join(left)
-            if thread.is_alive():
-                self._halt = True  # stop after the request in flight
-                with self._intake_lock:
-                    self._wake.notify()
-                thread.join(1.0)
-        if self._client is not None and (thread is None or not thread.is_alive()):
-            self._client.close()
-        with self._state_lock:
-            with self._intake_lock:
-                leftover = list(self._intake)
-                self._intake.clear()
-                if leftover:
-                    self._submit_counts.dropped[DropReason.CLOSED] += len(leftover)
-            try:
-                lost = self._store.backlog()
-            except Exception:
-                lost = 0
-            shared = isinstance(self._store, SharedStore)
-            if lost and not self._store.durable and not shared:
-                self._counts.dropped[DropReason.CLOSED] += lost
-                logger.warning(
-                    "capi_middleware: %d event(s) not delivered before close; lost", lost
-                )
-            try:
-                self._store.close()
-            except Exception:
-                logger.exception("capi_middleware: closing the event store failed")
-            self._retired = True
-            if shared:
-                pass  # a closed shared store keeps answering its last books
-            elif self._store.durable:
-                # Kept for the next start; stats() reads this once the store is closed.
-                self._store_backlog_hint = lost
-                self._store = ClosedStore(lost)
-            else:
-                # The memory store forgot its events; they are counted as dropped, not backlog.
-                self._store_backlog_hint = 0
-                self._store = MemoryStore(1)
+        self._worker.stop(deadline)
+        leftover = self._ledger.retire()
         registry.forget(self)
         return flushed and not leftover
 
@@ -543,321 +283,7 @@ class Sender:
 
         Events put back by the pause become due at once; so do events waiting on a backoff.
         """
-        with self._intake_lock:
-            ends = [*self._pixel_paused_until.values(), self._paused_until_wall or 0.0]
-            self._claim_horizon = max(ends)
-            self._paused_until = 0.0
-            self._paused_until_wall = None
-            self._pixel_paused_until = {}
-            self._due_at = time.time()
-            self._wake.notify()
-        if isinstance(self._store, SharedStore):
-            self._store.clear_pauses()
-
-    # -- the worker -----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._work()
-        finally:
-            self._worker_running = False
-
-    def _work(self) -> None:
-        while True:
-            try:
-                if self._cycle():
-                    return
-            except Exception:
-                logger.exception("capi_middleware: delivery worker error; continuing")
-                with self._intake_lock:
-                    self._wake.wait(1.0)
-            finally:
-                with self._progress:
-                    self._progress.notify_all()
-
-    def _cycle(self) -> bool:
-        """One round: wait for work, ingest the queue, send what is due. True: stop."""
-        with self._wake:
-            while True:
-                if self._halt:
-                    return True
-                now_m = time.monotonic()
-                urgent = self._stopping or self._flushers > 0
-                timer_end = self._first_arrival + self._config.flush_interval
-                intake_ready = bool(self._intake) and (
-                    urgent or len(self._intake) >= self._config.batch_size or now_m >= timer_end
-                )
-                paused = self._paused_until > now_m
-                due_at = self._due_at
-                store_due = not paused and due_at is not None and time.time() >= due_at
-                if intake_ready or store_due:
-                    break
-                if self._stopping:
-                    return True
-                waits = []
-                if self._intake:
-                    waits.append(timer_end - now_m)
-                if paused:
-                    waits.append(self._paused_until - now_m)
-                elif due_at is not None:
-                    waits.append(due_at - time.time())
-                self._wake.wait(max(0.0, min(waits)) if waits else None)
-        self._ingest()
-        claimed = False
-        if not self._paused():
-            claimed = self._send_due()
-        with self._state_lock:
-            try:
-                due_at = self._store.next_due()
-                self._store_backlog_hint = self._store.backlog()
-            except Exception:
-                logger.exception("capi_middleware: the event store failed")
-                due_at = time.time() + 1.0
-            if not claimed and due_at is not None and due_at <= time.time():
-                # The store says "due" but handed nothing out: poll instead of spinning.
-                due_at = time.time() + 0.1
-            if self._store.durable:
-                # A shared outbox changes under us: other workers commit rows, and a killed
-                # worker's leases expire. An idle sender looks again every few seconds.
-                poll_at = time.time() + self.outbox_poll
-                due_at = poll_at if due_at is None else min(due_at, poll_at)
-            self._due_at = due_at
-        return False
-
-    def _ingest(self) -> None:
-        with self._state_lock:
-            with self._intake_lock:
-                items = list(self._intake)
-                self._intake.clear()
-            if not items:
-                return
-            reason = DropReason.QUEUE_FULL
-            try:
-                accepted = self._store.put(items)
-            except Exception:
-                logger.exception("capi_middleware: the event store failed; events dropped")
-                accepted, reason = 0, DropReason.STORE_ERROR
-            lost = len(items) - accepted
-            if lost:
-                self._counts.dropped[reason] += lost
-                logger.warning("capi_middleware: %d event(s) dropped: %s", lost, reason)
-            if accepted:
-                self._due_at = time.time()
-            self._store_backlog_hint += accepted
-
-    def _paused(self) -> bool:
-        return self._paused_until > time.monotonic()
-
-    def _send_due(self) -> bool:
-        """Claim and send batches until nothing is due; True when anything was claimed."""
-        any_claimed = False
-        while not self._halt and not self._paused():
-            if any_claimed and self._intake:
-                # Events submitted while the last batch was in flight join the store before the
-                # next claim, so it fills a whole batch instead of sending a partial one.
-                self._ingest()
-            now = time.time()
-            # After resume(), events a pause had put back until its end are claimed at once.
-            claim_at = max(now, self._claim_horizon)
-            with self._state_lock:
-                claimed = self._store.claim(
-                    self._config.batch_size, lease_seconds=self.lease_seconds, now=claim_at
-                )
-            if not claimed:
-                self._claim_horizon = 0.0
-                return any_claimed
-            any_claimed = True
-            too_old: list[StoredEvent] = []
-            groups: dict[str, list[StoredEvent]] = {}
-            for e in claimed:
-                if is_too_old(e.event_time, e.action_source, now):
-                    too_old.append(e)
-                else:
-                    groups.setdefault(e.pixel_id, []).append(e)
-            if too_old:
-                # Meta would reject the whole request (subcode 2804003); never send these.
-                self._give_up(
-                    too_old,
-                    DeadLetter("too_old", subcode=2804003, message="event_time past Meta's window"),
-                )
-            pending = list(groups.items())
-            while pending:
-                pixel_id, events = pending.pop(0)
-                destination = self._by_pixel.get(pixel_id)
-                if destination is None:
-                    # Left in a durable outbox by a configuration that had this pixel.
-                    self._give_up(events, DeadLetter("no_destination", message="pixel removed"))
-                    continue
-                pixel_pause = self._pixel_paused_until.get(pixel_id, 0.0)
-                if pixel_pause > time.time():
-                    self._put_back(events, not_before=pixel_pause)
-                    continue
-                self._deliver(destination, events)
-                if self._paused() or self._halt:
-                    rest = [e for _, group in pending for e in group]
-                    self._put_back(rest, not_before=time.time())
-                    return True
-        return any_claimed
-
-    def _deliver(self, destination: Destination, events: list[StoredEvent]) -> None:
-        """Send one batch and act on the answer (`capi_middleware.delivery.policy`); a bad-event
-        answer splits the batch in halves until the culprits are alone."""
-        pixel_id = destination.pixel_id
-        stack = [events]
-        while stack:
-            batch = stack.pop()
-            if self._paused() or self._halt:
-                self._put_back([e for b in [*stack, batch] for e in b], not_before=time.time())
-                return
-            if self._config.dry_run:
-                self._log_dry_run(destination, batch)
-                self._acknowledge(batch)
-                continue
-            verdict = self._graph().send(destination, [e.payload for e in batch])
-            with self._state_lock:
-                self._counts.requests += 1
-            action = decide(
-                verdict,
-                batch_size=len(batch),
-                attempts=max(e.attempts for e in batch),
-                throttled_before=self._throttled_in_a_row,
-                tunables=self._tunables(),
-                jitter=self._rng.random(),
-            )
-            if action.kind == "acknowledge":
-                self._acknowledge(batch)
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug(
-                        "capi_middleware: pixel %s: %d event(s) delivered (fbtrace_id=%s)",
-                        pixel_id,
-                        len(batch),
-                        verdict.fbtrace_id,
-                        extra=log_fields(pixel_id, batch, verdict),
-                    )
-                self._throttled_in_a_row = 0
-                self._config_alerted.discard(pixel_id)
-            elif action.kind == "retry":
-                delay = action.seconds
-                logger.warning(
-                    "capi_middleware: pixel %s: %d event(s) not delivered (%s%s); retry in %.1fs",
-                    pixel_id,
-                    len(batch),
-                    verdict.reason,
-                    describe_verdict(verdict),
-                    delay,
-                    extra=log_fields(pixel_id, batch, verdict, retry_in=delay),
-                )
-                self._put_back(batch, not_before=time.time() + delay)
-            elif action.kind == "pause_all":
-                self._throttled_in_a_row += 1
-                pause = action.seconds
-                self._pause(pause)
-                capped = (
-                    f" (Meta asked for {action.asked:.0f}s; capped at {pause:.0f}s)"
-                    if action.asked is not None
-                    else ""
-                )
-                logger.warning(
-                    "capi_middleware: pixel %s: rate limited%s; pausing all sending for %.1fs%s",
-                    pixel_id,
-                    describe_verdict(verdict),
-                    pause,
-                    capped,
-                    extra=log_fields(
-                        pixel_id, batch, verdict, pause=pause, retry_after_asked=action.asked
-                    ),
-                )
-                self._put_back([e for b in [*stack, batch] for e in b], not_before=time.time())
-                return
-            elif action.kind == "pause_pixel":
-                # Only this pixel waits: another destination's token may be fine.
-                until = time.time() + action.seconds
-                self._pixel_paused_until[pixel_id] = until
-                self._share_pause(action.seconds, pixel_id)
-                if pixel_id not in self._config_alerted:
-                    self._config_alerted.add(pixel_id)
-                    logger.error(
-                        "capi_middleware: Meta refused the configuration for pixel %s (%s%s). "
-                        "Check the access token, its permissions and the pixel id. Events are "
-                        "kept; sending resumes in %.0fs.",
-                        pixel_id,
-                        verdict.reason,
-                        describe_verdict(verdict),
-                        action.seconds,
-                        extra=log_fields(pixel_id, batch, verdict),
-                    )
-                self._put_back([e for b in [*stack, batch] for e in b], not_before=until)
-                return
-            elif action.kind == "dead_letter" and action.letter is not None:
-                self._give_up(batch, action.letter)
-            else:  # bisect
-                half = len(batch) // 2
-                stack.append(batch[half:])
-                stack.append(batch[:half])
-
-    def _tunables(self) -> Tunables:
-        return Tunables(
-            backoff_base=self.backoff_base,
-            backoff_cap=self.backoff_cap,
-            rate_limit_pause=self.rate_limit_pause,
-            rate_limit_pause_cap=self.rate_limit_pause_cap,
-            config_error_pause=self.config_error_pause,
-        )
-
-    def _graph(self) -> GraphClient:
-        if self._client is None:
-            self._client = GraphClient(self._config, transport=self._transport)
-        return self._client
-
-    def _pause(self, seconds: float) -> None:
-        with self._intake_lock:
-            self._paused_until = time.monotonic() + seconds
-            self._paused_until_wall = time.time() + seconds
-        self._share_pause(seconds)
-
-    def _share_pause(self, seconds: float, pixel_id: str | None = None) -> None:
-        """A pause seen here holds every host that shares the store (issue 15)."""
-        if isinstance(self._store, SharedStore):
-            try:
-                self._store.share_pause(seconds, pixel_id=pixel_id)
-            except Exception:
-                logger.exception("capi_middleware: sharing a pause failed")
-
-    def _acknowledge(self, batch: Sequence[StoredEvent]) -> None:
-        with self._state_lock:
-            if self._retired:
-                return
-            self._store.ack([e.id for e in batch])
-            self._counts.delivered += len(batch)
-
-    def _put_back(self, events: Sequence[StoredEvent], *, not_before: float) -> None:
-        if not events:
-            return
-        with self._state_lock:
-            if self._retired:
-                return
-            self._store.retry([e.id for e in events], not_before=not_before)
-            self._counts.retried += len(events)
-
-    def _give_up(self, events: Sequence[StoredEvent], letter: DeadLetter) -> None:
-        with self._state_lock:
-            if self._retired:
-                return
-            self._store.dead_letter([e.id for e in events], letter)
-            self._counts.dead_lettered[letter.reason] += len(events)
-        report_dead_letters(events, letter, self._config.on_dead_letter)
-
-    def _log_dry_run(self, destination: Destination, batch: Sequence[StoredEvent]) -> None:
-        shown = batch[:LOG_EVENT_IDS]
-        names = ", ".join(f"{event_name_of(e.payload)}({e.event_id})" for e in shown)
-        more = f" and {len(batch) - LOG_EVENT_IDS} more" if len(batch) > LOG_EVENT_IDS else ""
-        logger.info(
-            "capi_middleware: dry run: would send %d event(s) to pixel %s: %s%s",
-            len(batch),
-            destination.pixel_id,
-            names,
-            more,
-        )
+        self._worker.resume()
 
 
 def get_sender(
