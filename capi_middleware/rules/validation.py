@@ -13,8 +13,9 @@ from functools import lru_cache
 from typing import Any
 
 from capi_middleware.errors import Problem, unknown_key_field
-from capi_middleware.normalize import CLEAR_KEYS, HASHED_KEYS, is_sha256_hex
 from capi_middleware.rules.request_body import encode_json
+from capi_middleware.rules.user_fields import is_sha256_hex
+from capi_middleware.rules.user_keys import CLEAR_KEYS, HASHED_KEYS
 
 __all__ = [
     "ACTION_SOURCES",
