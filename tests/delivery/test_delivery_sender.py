@@ -184,7 +184,9 @@ def test_retry_sends_the_same_bytes(
     make_sender: Callable[..., Sender],
 ) -> None:
     fake_graph.fail_next(2, status=503)
-    sender = make_sender()
+    # One batch of five: the batch timer never fires before flush() (a loaded machine could
+    # otherwise let it send the first event alone).
+    sender = make_sender(flush_interval=30.0)
     submit_all(sender, 5)
     assert sender.flush(WAIT)
     bodies = [r.body for r in fake_graph.requests]
