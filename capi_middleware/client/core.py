@@ -28,9 +28,9 @@ from capi_middleware.client.notices import (
     warn_about_config,
     warn_if_misspelled,
 )
+from capi_middleware.client.results import name_of, sent_result, unbuilt_result, unsent_result
 from capi_middleware.client.serverless import RequestEvents, current_request_events
 from capi_middleware.client.sources import NO_BASIS, UNSTATED, MatchSource, basis
-from capi_middleware.client.unsent import name_of, unbuilt_result, unsent_result
 from capi_middleware.config import CAPIConfig
 from capi_middleware.consent.policies import NO_SIGNAL_REASON, ConsentDecision
 from capi_middleware.errors import CAPIValidationError, Problem
@@ -322,7 +322,7 @@ class CAPIClient:
             if config.dry_run == "debug":
                 print_dry_run(event.to_dict())
             self._match_quality.record(event.event_name, event.user_data, built.problems)
-            return _sent(event, "dry_run", built.problems), event.user_data
+            return sent_result(event, "dry_run", built.problems), event.user_data
 
         sender = self.sender()
         assert built.payload is not None  # build_event encodes every event it returns
@@ -347,7 +347,7 @@ class CAPIClient:
         status: TrackStatus = "queued" if outcome.accepted > 0 else "dropped"
         if outcome.accepted > 0:
             self._match_quality.record(event.event_name, event.user_data, built.problems)
-        return _sent(event, status, problems), event.user_data
+        return sent_result(event, status, problems), event.user_data
 
     # -- the sender -------------------------------------------------------------------------
 
@@ -403,19 +403,6 @@ class CAPIClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _sent(
-    event: event_rules.Event, status: TrackStatus, problems: tuple[Problem, ...]
-) -> TrackResult:
-    """The result of a built event that went to the sender (or was built under dry_run)."""
-    return TrackResult(
-        event_id=event.event_id,
-        status=status,
-        problems=problems,
-        event_name=event.event_name,
-        custom_data=event.custom_data,
-    )
 
 
 def _meta_keys(user_data: Mapping[str, Any] | None) -> set[str]:

@@ -1,7 +1,8 @@
-"""The `TrackResult` of an event that was never built: invalid, denied, or tracking off.
+"""The `TrackResult`s the client returns: for an event handed to the sender (`sent_result`), and
+for one never built: invalid, denied, or tracking off.
 
-Its ``event_id`` is the caller's, or a new one; `unsent_result` also keeps the custom_data given
-to ``track()``, so ``result.fbq()`` renders the same call for the pixel.
+An unbuilt event's ``event_id`` is the caller's, or a new one; `unsent_result` also keeps the
+custom_data given to ``track()``, so ``result.fbq()`` renders the same call for the pixel.
 """
 
 from __future__ import annotations
@@ -13,7 +14,20 @@ from capi_middleware.errors import Problem
 from capi_middleware.results import TrackResult, TrackStatus
 from capi_middleware.rules import events as event_rules
 
-__all__ = ["name_of", "unbuilt_result", "unsent_result"]
+__all__ = ["name_of", "sent_result", "unbuilt_result", "unsent_result"]
+
+
+def sent_result(
+    event: event_rules.Event, status: TrackStatus, problems: tuple[Problem, ...]
+) -> TrackResult:
+    """The result of a built event that went to the sender (or was built under dry_run)."""
+    return TrackResult(
+        event_id=event.event_id,
+        status=status,
+        problems=problems,
+        event_name=event.event_name,
+        custom_data=event.custom_data,
+    )
 
 
 def unbuilt_result(
