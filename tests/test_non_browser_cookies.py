@@ -85,7 +85,8 @@ async def test_each_browser_signal_alone_gets_the_cookie(headers: dict[str, str]
 
 async def test_the_memoized_outcome_does_not_mint_for_a_server_either() -> None:
     # Same Cookie (none), Host and scheme: the second and later requests replay the first's
-    # memoized outcome (`CapturePipeline._replay`), which must still tell the two apart.
+    # memoized outcome (`capture.memo.replay`), which must still tell the two apart; a server's
+    # request first must not leave a plan without the browser's _fbp for the key.
     shop = app()
     browser = {"accept": "*/*", "user-agent": "Mozilla/5.0"}
     server = {"accept": "*/*", "user-agent": "Go-http-client/1.1"}

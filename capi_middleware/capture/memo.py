@@ -249,16 +249,15 @@ def store_granted(
     decision: ConsentDecision,
     facts: CookieFacts,
     kept: cookie_rules.KeptCookies,
-    set_fbp: bool,
+    plan: cookie_rules.CookiePlan | None,
 ) -> None:
-    """Keep a granted request's outcome: the visitor's validated cookies, and their plan when
-    it mints nothing (a valid ``_fbp``, or ``set_fbp`` off): then it holds for every request
-    with this key, and a replay only applies it. Else it mints on the clock, per request."""
+    """Keep a granted request's outcome: the visitor's validated cookies, and ``plan`` when it
+    holds for every request with this key (it mints nothing: a valid ``_fbp``, or ``set_fbp``
+    off), which a replay then only applies. Without one, a replay plans on the clock."""
     if page_host(raw_map.get(b"host"), scheme) != host:
         return  # the host came from the server address, which is not in the key
     if not judged_for_good(facts.fbc, facts.fbp, kept.fbc, kept.fbp):
         return
-    plan = plan_now(kept, None, set_fbp)
     outcome = Outcome(
         scheme=scheme,
         consent=decision,
@@ -267,7 +266,7 @@ def store_granted(
         fbc=kept.fbc,
         fbp=kept.fbp,
         kept=kept,
-        plan=None if plan.minted else plan,
+        plan=plan,
     )
     store_outcome(memo, key, outcome)
 

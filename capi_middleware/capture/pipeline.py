@@ -334,6 +334,10 @@ class CapturePipeline:
                     outcome_key = None
                 else:
                     if outcome_key is not None and raw_map is not None:
+                        # A plan that minted nothing holds for every request with this key
+                        # (no fbclid in it), unless only not being a browser's kept this
+                        # request from minting an _fbp.
+                        steady = not plan.minted and (browser or not self._set_fbp)
                         store_granted(
                             self._outcomes,
                             outcome_key,
@@ -343,7 +347,7 @@ class CapturePipeline:
                             decision,
                             facts,
                             kept,
-                            self._set_fbp,
+                            plan if steady else None,
                         )
                     return ctx
         # Without consent the visitor's own valid cookies are still read (never set); a
