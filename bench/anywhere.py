@@ -21,14 +21,11 @@ import argparse
 import asyncio
 import gc
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from fake_process import fake_process
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -36,7 +33,7 @@ from starlette.routing import Route
 
 from capi_middleware import CAPIClient, CAPIMiddleware, RequestContext, Visitor
 from capi_middleware.capture.pipeline import CapturePipeline
-from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID
 
 UA = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
 NOW_MS = int(time.time() * 1000)
@@ -51,36 +48,6 @@ USER_DATA = {"email": "John.Smith@Example.com", "phone": "+1 (650) 555-1234"}
 
 
 # -- the fake, in a child process -----------------------------------------------------------------
-
-
-def serve_fake() -> None:
-    """Child process: serve the fake until stdin closes (collector off: no pauses mid-answer)."""
-    gc.disable()
-    fake = FakeGraphAPI(validate=False)
-    fake.start()
-    print(fake.url, flush=True)
-    sys.stdin.read()
-    fake.stop()
-
-
-@contextmanager
-def fake_process() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-fake"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise RuntimeError("the fake Graph API did not start")
-        yield url
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
 
 
 def graph_requests(client: CAPIClient) -> int:
@@ -236,14 +203,10 @@ def bench_latency(url: str, requests: int) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve-fake", action="store_true")
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--requests", type=int, default=400)
     args = parser.parse_args()
-    if args.serve_fake:
-        serve_fake()
-        return
     with fake_process() as url:
         track = bench_track(url, args.calls, args.rounds)
         print(

@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import hashlib
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -46,10 +42,11 @@ from facebook_business.adobjects.serverside.event_request import EventRequest
 from facebook_business.adobjects.serverside.event_response import EventResponse
 from facebook_business.adobjects.serverside.http_service_interface import HttpServiceInterface
 from facebook_business.adobjects.serverside.user_data import UserData
+from fake_process import fake_process
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import Sender
-from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
+from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID
 
 EMAIL = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
 PHONE = hashlib.sha256(b"16505551234").hexdigest()
@@ -57,43 +54,6 @@ UA = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/
 
 
 # -- the fake, in a child process -----------------------------------------------------------------
-
-
-def serve_fake(latency: float) -> None:
-    """Child process: serve the fake until stdin closes.
-
-    The fake keeps every event it accepted (tens of thousands of dicts by the end of a run), so
-    its cyclic garbage collector's full passes grow to 50-180 ms each; one would land on
-    whichever sender was waiting for an answer at that moment. Nothing here makes cycles, so
-    the collector is off in this process: both senders meet the same fake without pauses.
-    """
-    gc.disable()
-    fake = FakeGraphAPI(validate=False)
-    fake.latency = latency
-    fake.start()
-    print(fake.url, flush=True)
-    sys.stdin.read()
-    fake.stop()
-
-
-@contextmanager
-def fake_process(latency: float = 0.0) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-fake", str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise RuntimeError("the fake Graph API did not start")
-        yield url
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
 
 
 # -- the events -----------------------------------------------------------------------------------
@@ -298,11 +258,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians)")
     parser.add_argument("--no-p99", action="store_true", help="skip the 1.5 s latency part")
     parser.add_argument("--p99-rounds", type=int, default=5, help="rounds of the latency part")
-    parser.add_argument("--serve-fake", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_fake is not None:
-        serve_fake(args.serve_fake)
-        return
 
     rounds: list[tuple[float, float, float]] = []
     # Alternate the three measurements round by round so a busy machine hurts all alike; every

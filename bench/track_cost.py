@@ -20,15 +20,14 @@ and each row's median is compared. Target (issue 11): ``track()`` within 15% of 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from fake_process import fake_process
 
 HERE = Path(__file__).resolve().parent
 ROWS = ("capture only", "track() dry_run", "track() queued")
@@ -60,36 +59,6 @@ def child(fake_url: str, n: int, repeats: int) -> None:
     print(json.dumps(out))
 
 
-def serve_fake() -> None:
-    """Child process: the fake Graph API until stdin closes (no GC: it keeps every event)."""
-    from capi_middleware.testing.fake import FakeGraphAPI
-
-    gc.disable()
-    with FakeGraphAPI(validate=False) as fake:
-        print(fake.url, flush=True)
-        sys.stdin.read()
-
-
-@contextmanager
-def fake_process() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-fake"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            raise RuntimeError("the fake Graph API did not start")
-        yield url
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
-
-
 def run_side(package_dir: str | None, fake_url: str, n: int, repeats: int) -> dict[str, float]:
     path = [*([package_dir] if package_dir else []), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
@@ -115,10 +84,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=5_000, help="requests per timed loop")
     parser.add_argument("--repeats", type=int, default=11, help="timed loops per row (best)")
     parser.add_argument("--child", metavar="FAKE_URL", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_fake:
-        return serve_fake()
     if args.child:
         return child(args.child, args.n, args.repeats)
 

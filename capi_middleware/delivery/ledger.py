@@ -199,20 +199,21 @@ class Ledger:
     def backlog(self) -> int:
         """Events waiting: in the store (leased ones included) and in the intake."""
         with self.lock:
-            try:
-                stored = self._store.backlog()
-            except Exception:
-                stored = self._intake.stored
+            stored = self._stored()
             with self._intake.lock:
                 return stored + len(self._intake)
+
+    def _stored(self) -> int:
+        """The store's backlog, or its last count when the store cannot say. Under the lock."""
+        try:
+            return self._store.backlog()
+        except Exception:
+            return self._intake.stored
 
     def stats(self, pauses: Pauses) -> DeliveryStats:
         """A consistent snapshot of the counters (see `DeliveryStats`)."""
         with self.lock:
-            try:
-                stored = self._store.backlog()
-            except Exception:
-                stored = self._intake.stored
+            stored = self._stored()
             with self._intake.lock:
                 if isinstance(self._store, SharedStore):
                     return self._shared_stats(pauses)
