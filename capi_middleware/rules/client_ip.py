@@ -32,10 +32,12 @@ from dataclasses import dataclass
 __all__ = [
     "FBI_COOKIE",
     "FORWARDED_HEADER_FAMILIES",
+    "MAX_ADDRESS_LENGTH",
     "ForwardedInfo",
     "ProxyTrust",
     "client_ip_with_fbi",
     "fbi_address",
+    "parse_ip",
     "resolve_client",
     "sendable_ip",
 ]
@@ -51,7 +53,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The longest address form we parse: "[" IPv6 with an embedded IPv4 and a zone id "]:65535".
-_MAX_ADDRESS_LENGTH = 100
+MAX_ADDRESS_LENGTH = 100
 # A forwarding header past this is hostile or broken. X-Forwarded-For is read from its right end
 # (where trusted proxies append), Forwarded is not read at all.
 MAX_FORWARDED_HEADER = 8 * 1024
@@ -124,9 +126,9 @@ def _split_host_port(value: str) -> str | None:
     return value
 
 
-def _parse_ip(value: str) -> IPAddress | None:
+def parse_ip(value: str) -> IPAddress | None:
     """An address from a peer or header value, IPv4-mapped IPv6 unwrapped; None for junk."""
-    if not value or len(value) > _MAX_ADDRESS_LENGTH:
+    if not value or len(value) > MAX_ADDRESS_LENGTH:
         return None
     host = _split_host_port(value.strip())
     if not host:
@@ -144,7 +146,7 @@ def _parse_ip(value: str) -> IPAddress | None:
 
 @functools.lru_cache(maxsize=8192)
 def _sendable(value: str) -> str | None:
-    ip = _parse_ip(value)
+    ip = parse_ip(value)
     if ip is None:
         return None
     if (
@@ -170,7 +172,7 @@ def sendable_ip(value: str) -> str | None:
     (100.64/10), documentation and benchmarking ranges, and anything that is not an address.
     Meta §3: never send a private or reserved address. Never raises.
     """
-    if not isinstance(value, str) or len(value) > _MAX_ADDRESS_LENGTH:
+    if not isinstance(value, str) or len(value) > MAX_ADDRESS_LENGTH:
         return None
     return _sendable(value)
 
@@ -263,14 +265,14 @@ class ProxyTrust:
         )
 
     def _compute(self, value: str) -> bool:
-        ip = _parse_ip(value)
+        ip = parse_ip(value)
         if ip is None:
             return False
         return ip in self._hosts or any(ip in net for net in self._ranges)
 
     def is_trusted(self, ip: str) -> bool:
         """True when ``ip`` (bare, or with a port / brackets) is one of the trusted proxies."""
-        if not self.networks or not isinstance(ip, str) or len(ip) > _MAX_ADDRESS_LENGTH:
+        if not self.networks or not isinstance(ip, str) or len(ip) > MAX_ADDRESS_LENGTH:
             return False
         return self._cached(ip)
 
