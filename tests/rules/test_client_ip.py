@@ -12,13 +12,15 @@ import pytest
 from capi_middleware.config import CAPIConfig
 from capi_middleware.rules.client_ip import (
     FBI_COOKIE,
+    client_ip_with_fbi,
+    fbi_address,
+    sendable_ip,
+)
+from capi_middleware.rules.trusted_proxies import (
     MAX_FORWARDED_HEADER,
     ForwardedInfo,
     ProxyTrust,
-    client_ip_with_fbi,
-    fbi_address,
     resolve_client,
-    sendable_ip,
 )
 
 
