@@ -1,7 +1,8 @@
 """What CAPIMiddleware captures from each request: client IP behind proxies, page URL, and
 hostile input (CR/LF, 10 KB values, invalid UTF-8) that must never break a request or leak out.
 
-The full proxy table lives in tests/test_client_ip.py; this one checks the wiring end to end.
+The full proxy table lives in tests/rules/test_trusted_proxies.py; this one checks the wiring end
+to end.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The whole proxy table of tests/test_client_ip.py (100+ rows of IPv4, IPv6 and proxy cases),
-driven through CAPIMiddleware on a Starlette app with httpx.ASGITransport: what the pure
-resolver decides is what a request's context carries, and what reaches ``track()``.
+"""The whole proxy table of tests/rules/test_trusted_proxies.py (100+ rows of IPv4, IPv6 and
+proxy cases), driven through CAPIMiddleware on a Starlette app with httpx.ASGITransport: what the
+pure resolver decides is what a request's context carries, and what reaches ``track()``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from test_client_ip import (
+from test_trusted_proxies import (
     CASES,
     CDN,
     LOCAL,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from capi_middleware.client import log_internal_error
-from capi_middleware.rules.client_ip import ProxyTrust
+from capi_middleware.rules.trusted_proxies import ProxyTrust
 
 __all__ = ["check_forwarding_trust"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import AnyStr
 
-from capi_middleware.rules.client_ip import MAX_FORWARDED_HEADER
+from capi_middleware.rules.trusted_proxies import MAX_FORWARDED_HEADER
 
 __all__ = [
     "CAPTURED_HEADERS",
@@ -24,9 +24,9 @@ __all__ = [
 # value is junk or an attack, and capping keeps capture's cost flat.
 MAX_HEADER_CHARS = 8192
 MAX_COOKIE_HEADER_CHARS = 16384
-# Forwarding headers go to client_ip, which deals with an oversized one itself: it reads only the
-# right end of X-Forwarded-For (the hops our proxies added) and ignores an oversized Forwarded.
-# Capping must keep that meaning, so these keep their right end / stay visibly oversized.
+# Forwarding headers go to rules/trusted_proxies.py, which deals with an oversized one itself: it
+# reads only the right end of X-Forwarded-For (the hops our proxies added) and ignores an oversized
+# Forwarded. Capping must keep that meaning, so these keep their right end / stay visibly oversized.
 _FORWARDING_CAP = MAX_FORWARDED_HEADER + 1
 
 

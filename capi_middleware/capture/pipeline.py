@@ -51,6 +51,7 @@ from capi_middleware.rules.page_url import (
     latin1_text,
     page_host,
 )
+from capi_middleware.rules.trusted_proxies import ProxyTrust, resolve_client
 
 __all__ = ["CapturePipeline"]
 
@@ -76,8 +77,8 @@ class CapturePipeline:
         self.client = client
         config = self.config = client.config
         # One forwarded-header family, the host only on opt-in and inside the cookie domain
-        # (issue 10; rules/client_ip.py).
-        self._trust = client_ip_rules.ProxyTrust(
+        # (issue 10; rules/trusted_proxies.py).
+        self._trust = ProxyTrust(
             config.trusted_networks(),
             headers=config.forwarded_headers,
             trust_host=config.trust_forwarded_host,
@@ -250,7 +251,7 @@ class CapturePipeline:
                 value = header(name)
                 if value is not None:
                     forwarded[name] = value
-            info = client_ip_rules.resolve_client(peer, forwarded, self._trust)
+            info = resolve_client(peer, forwarded, self._trust)
             client_ip = info.client_ip
             scheme = info.scheme or scheme
             forwarded_host = info.host
