@@ -16,11 +16,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from capi_middleware.testing.fake import FakeGraphAPI
-
 
 def serve(latency: float) -> None:
     """Serve the fake (answering after ``latency`` seconds) until stdin closes."""
+    # Imported here, in the child: a process measuring another version (bench/track_cost.py's
+    # baseline) imports this module with that version's package first on its path.
+    from capi_middleware.testing.fake import FakeGraphAPI
+
     gc.disable()
     fake = FakeGraphAPI(validate=False)
     fake.latency = latency

@@ -72,7 +72,11 @@ def run_side(package_dir: str | None, fake_url: str, n: int, repeats: int) -> di
         "--repeats",
         str(repeats),
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{package_dir or 'this tree'}: the measuring child failed:\n{done.stderr}"
+        )
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
