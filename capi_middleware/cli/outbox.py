@@ -24,10 +24,15 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
-from capi_middleware.cli.terminal import print_dead_letters, printable
+from capi_middleware.cli.terminal import (
+    human_age,
+    iso_time,
+    print_dead_letters,
+    printable,
+    stored_number,
+)
 from capi_middleware.config import is_redis_url
 from capi_middleware.delivery.outbox_schema import OutboxFileError, open_outbox_file
 
@@ -191,7 +196,7 @@ def _status(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
         pixel = printable(pixel)
         counts = per_pixel.setdefault(pixel, {"pending": 0, "leased": 0, "retrying": 0, "dead": 0})
         counts["dead"] = n
-    oldest = _number(
+    oldest = stored_number(
         conn.execute(
             "SELECT MIN(created_at) FROM events WHERE typeof(created_at) IN ('integer', 'real')"
         ).fetchone()[0]
@@ -214,7 +219,7 @@ def _status(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
     print(f"pending:  {report['pending']} (waiting for a retry: {report['retrying']})")
     print(f"leased:   {report['leased']} (being sent by a worker)")
     print(f"dead:     {report['dead']}")
-    print(f"oldest:   {'-' if age is None else _human_age(age)}")
+    print(f"oldest:   {'-' if age is None else human_age(age)} old")
     if per_pixel:
         print("per pixel:")
         for pixel, c in report["pixels"].items():
@@ -238,7 +243,7 @@ def _dead(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
             "message": _json_value(r[7]),
             "fbtrace_id": _json_value(r[8]),
             "attempts": _json_value(r[9]),
-            "time": _iso(r[10]),
+            "time": iso_time(r[10]),
         }
         for r in rows
     ]
@@ -299,37 +304,6 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"  # pragma: no cover
-
-
-def _human_age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s old"
-    minutes, _ = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d {hours}h old"
-    if hours:
-        return f"{hours}h {minutes}m old"
-    return f"{minutes}m old"
-
-
-def _iso(timestamp: object) -> str:
-    """A stored Unix time as ISO 8601 UTC; ``-`` for NULL, the escaped text for anything else."""
-    number = _number(timestamp)
-    if number is None:
-        return "-" if timestamp is None else printable(timestamp)
-    try:
-        return datetime.fromtimestamp(number, tz=timezone.utc).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):  # a time no calendar holds
-        return printable(timestamp)
-
-
-def _number(value: object) -> float | None:
-    """A stored number, or None for NULL and anything that is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _json_value(value: object) -> object:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from capi_middleware.cli.terminal import print_dead_letters, printable
+from capi_middleware.cli.terminal import human_age, iso_time, print_dead_letters, printable
 from capi_middleware.delivery.redis_layout import (
     BOOKS_SCRIPT,
     GROUP,
@@ -112,7 +112,7 @@ def _status(client: Any, keys: Keys, where: str, args: argparse.Namespace) -> in
         f"waiting:   {report['waiting']} (no host's yet: "
         f"{'?' if unclaimed is None else unclaimed}; taken by a host: {pending_total})"
     )
-    print(f"oldest:    {'-' if oldest is None else _human_age(oldest)}")
+    print(f"oldest:    {'-' if oldest is None else human_age(oldest)}")
     print(f"dead:      {report['dead']} kept")
     dead = ", ".join(f"{k} {v}" for k, v in report["books"]["dead_lettered"].items()) or "none"
     print(
@@ -124,7 +124,7 @@ def _status(client: Any, keys: Keys, where: str, args: argparse.Namespace) -> in
     if consumers:
         print("consumers (host:pid:random):")
         for c in report["consumers"]:
-            idle = _human_age(c["idle_seconds"])
+            idle = human_age(c["idle_seconds"])
             print(f"  {printable(c['name'])}: pending {c['pending']}, idle {idle}")
     return 0
 
@@ -227,13 +227,14 @@ def _as_int(value: str | None) -> int | str | None:
 
 
 def _iso_text(value: str | None) -> str:
-    """A stored Unix time as ISO 8601 UTC; ``-`` when absent; the text itself when not a time."""
+    """A stored time as `iso_time` shows it; ``-`` when absent; the text when not a number."""
     if value is None:
         return "-"
     try:
-        return _iso(float(value))
-    except (ValueError, OverflowError, OSError):
+        number = float(value)
+    except ValueError:
         return value
+    return iso_time(number)
 
 
 def _event_name(payload: bytes | None) -> str | None:
@@ -250,22 +251,3 @@ def _entry_ms(entry: bytes | str) -> int:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _human_age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes, _ = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m"
-
-
-def _iso(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(timestamp))

@@ -3,17 +3,20 @@
 A dead letter's message, an event id, Meta's answer: stored or received text may hold escape
 sequences (``\\x1b]0;...``, ``\\x1b[2J``), carriage returns that overwrite a line, or bidi
 controls that reorder it. `printable` shows each such character as a Python escape, and
-`redact` takes secrets out of a text before anything else happens to it.
+`redact` takes secrets out of a text before anything else happens to it. `human_age` and
+`iso_time` are the formats both ``outbox`` commands (SQLite and Redis) print times in.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["print_dead_letters", "printable", "redact"]
+__all__ = ["human_age", "iso_time", "print_dead_letters", "printable", "redact", "stored_number"]
 
 
 def printable(value: object) -> str:
@@ -63,6 +66,38 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
             if form:
                 text = text.replace(form, "***")
     return text
+
+
+def human_age(seconds: float) -> str:
+    """An age as a person reads it: ``42s``, ``7m``, ``3h 12m``, ``2d 4h``."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, _ = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def stored_number(value: object) -> float | None:
+    """A stored number, or None for NULL and anything that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def iso_time(timestamp: object) -> str:
+    """A stored Unix time as ISO 8601 UTC; ``-`` for NULL, the escaped text for anything else."""
+    number = stored_number(timestamp)
+    if number is None:
+        return "-" if timestamp is None else printable(timestamp)
+    try:
+        return datetime.fromtimestamp(number, tz=timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return printable(timestamp)
 
 
 def print_dead_letters(letters: Sequence[Mapping[str, Any]], total: int, *, as_json: bool) -> None:
