@@ -11,7 +11,7 @@ the rules in rules/page_url.py. Nothing here does network I/O or raises into the
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -206,12 +206,7 @@ class RequestContext:
         """The visitor's public IP (trusted proxies honoured), or None."""
         value = self._client_ip
         if value is _UNSET:
-            try:
-                value = client_ip_rules.sendable_ip(self._peer) if self._peer else None
-            except Exception as exc:
-                self._lazy_failed("client IP", exc)
-                value = None
-            self._client_ip = value
+            value = self._client_ip = self._first_read("client IP", self._sendable_peer)
         return value  # type: ignore[no-any-return]
 
     @property
@@ -219,12 +214,7 @@ class RequestContext:
         """The User-Agent header (control characters removed, capped), or None."""
         value = self._user_agent
         if value is _UNSET:
-            try:
-                value = clean_user_agent(self.header("user-agent"))
-            except Exception as exc:
-                self._lazy_failed("user agent", exc)
-                value = None
-            self._user_agent = value
+            value = self._user_agent = self._first_read("user agent", self._clean_user_agent)
         return value  # type: ignore[no-any-return]
 
     @property
@@ -232,19 +222,7 @@ class RequestContext:
         """The page's URL as the browser asked for it, or None without a usable host."""
         value = self._event_source_url
         if value is _UNSET:
-            try:
-                raw_path = self._raw_path
-                if isinstance(raw_path, bytes):
-                    raw_path = raw_path.decode("latin-1")
-                    if "?" in raw_path:  # some servers include the query in raw_path
-                        raw_path = raw_path.split("?", 1)[0]
-                value = build_page_url(
-                    self._scheme, self.page_host(), raw_path, latin1_text(self._query_string)
-                )
-            except Exception as exc:
-                self._lazy_failed("page URL", exc)
-                value = None
-            self._event_source_url = value
+            value = self._event_source_url = self._first_read("page URL", self._page_url)
         return value  # type: ignore[no-any-return]
 
     @property
@@ -252,13 +230,35 @@ class RequestContext:
         """The Referer, when it is an http(s) URL."""
         value = self._referrer_url
         if value is _UNSET:
-            try:
-                value = clean_referrer(self._referer) if self._referer is not None else None
-            except Exception as exc:
-                self._lazy_failed("referrer", exc)
-                value = None
-            self._referrer_url = value
+            value = self._referrer_url = self._first_read("referrer", self._clean_referrer)
         return value  # type: ignore[no-any-return]
+
+    def _first_read(self, what: str, work_out: Callable[[], str | None]) -> str | None:
+        # Reading an attribute must never raise into the app: count, log, and say None.
+        try:
+            return work_out()
+        except Exception as exc:
+            self._client.count_internal_error("capture_errors", what, exc)
+            return None
+
+    def _sendable_peer(self) -> str | None:
+        return client_ip_rules.sendable_ip(self._peer) if self._peer else None
+
+    def _clean_user_agent(self) -> str | None:
+        return clean_user_agent(self.header("user-agent"))
+
+    def _page_url(self) -> str | None:
+        raw_path = self._raw_path
+        if isinstance(raw_path, bytes):
+            raw_path = raw_path.decode("latin-1")
+            if "?" in raw_path:  # some servers include the query in raw_path
+                raw_path = raw_path.split("?", 1)[0]
+        return build_page_url(
+            self._scheme, self.page_host(), raw_path, latin1_text(self._query_string)
+        )
+
+    def _clean_referrer(self) -> str | None:
+        return clean_referrer(self._referer) if self._referer is not None else None
 
     def page_host(self) -> str | None:
         """The host for the page URL and the cookies: Host header, else the server address."""
@@ -273,10 +273,6 @@ class RequestContext:
                 host = host_from_server(self._server, scheme)
             self._host = host
         return host  # type: ignore[no-any-return]
-
-    def _lazy_failed(self, what: str, exc: Exception) -> None:
-        # Reading an attribute must never raise into the app: count, log, and say None.
-        self._client.count_internal_error("capture_errors", what, exc)
 
     # -- ConsentSignals ---------------------------------------------------------------------
 
