@@ -7,6 +7,7 @@ Helpers that are plain functions, not fixtures (a free port, waiting on a condit
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,14 @@ from live import free_port, wait_until
 from capi_middleware.testing import FakeGraphAPI, fake_graph, fake_graph_config
 
 __all__ = ["fake", "fake_graph", "fake_graph_config"]
+
+
+@pytest.fixture
+def no_meta_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``META_*`` variable of the machine's reaches the test (the CLI reads them)."""
+    for name in list(os.environ):
+        if name.startswith("META_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

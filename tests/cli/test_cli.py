@@ -15,11 +15,7 @@ from capi_middleware.testing.fake import FakeGraphAPI
 TOKEN = "cli-test-token-value"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("META_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_meta_env")
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,6 @@ nothing configured, the action_source hint from check --build, a Purchase from s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,7 @@ from capi_middleware.testing import FakeGraphAPI
 TOKEN = "cli-first-hour-token"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("META_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_meta_env")
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

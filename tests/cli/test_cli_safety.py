@@ -8,7 +8,6 @@ path answers a bad file with one clear line and exit code 2.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,7 @@ SECRET = "app-secret-of-the-shop"
 ESCAPES = "\x1b]0;owned\x07\x1b[2J\r\u202e"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("META_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_meta_env")
 
 
 def test_send_test_event_redacts_every_secret_and_escapes_the_answer(
