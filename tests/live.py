@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -99,3 +100,73 @@ def delivered_copies(fake: FakeGraphAPI) -> dict[str, list[Copy]]:
         for raw in raw_events(request.body):
             copies[json.loads(raw)["event_id"]].append(Copy(index, agent, raw))
     return copies
+
+
+def last_delivered_request(fake: FakeGraphAPI, sender: str) -> int | None:
+    """The index in ``fake.requests`` of ``sender``'s (its partner_agent's) last 200, or None."""
+    indexes = [
+        i
+        for i, r in enumerate(fake.requests)
+        if r.status == 200 and r.json().get("partner_agent") == sender
+    ]
+    return max(indexes) if indexes else None
+
+
+# -- shoppers: load on a shop served in another process -----------------------------------------
+
+
+class Shopper(threading.Thread):
+    """Buys (``POST /buy``) in a loop until stopped or its server dies; keeps the event_id of
+    every purchase answered ``queued``, and how long each took.
+
+    ``pace``: seconds between purchases (a shop's pace, not a benchmark's: it leaves the CPU to
+    the servers).
+    """
+
+    def __init__(self, base: str, tag: str, pace: float = 0.0) -> None:
+        super().__init__(name=f"shopper-{tag}", daemon=True)
+        self.base = base
+        self.tag = tag
+        self.pace = pace
+        self.committed: list[str] = []
+        self.unexpected: list[str] = []
+        self.took: list[float] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            n = 0
+            while not self.halt.is_set():
+                n += 1
+                started = time.monotonic()
+                try:
+                    response = client.post(f"/buy?n={self.tag}-{n}")
+                except httpx.TransportError:
+                    return  # killed: this request's commit may or may not have happened
+                self.took.append(time.monotonic() - started)
+                doc = response.json() if response.status_code == 200 else None
+                if doc is not None and doc["status"] == "queued":
+                    self.committed.append(doc["event_id"])
+                else:
+                    self.unexpected.append(f"{response.status_code} {response.text[:200]}")
+                if self.pace:
+                    time.sleep(self.pace)
+
+
+def shop(bases: Iterable[str], tag: str, pace: float = 0.0) -> list[Shopper]:
+    """A started `Shopper` per server base URL."""
+    shoppers = [Shopper(base, f"{tag}-{i}", pace) for i, base in enumerate(bases)]
+    for shopper in shoppers:
+        shopper.start()
+    return shoppers
+
+
+def finish(shoppers: list[Shopper]) -> list[str]:
+    """Stop the shoppers; every event_id they saw queued (none may have seen anything else)."""
+    for shopper in shoppers:
+        shopper.halt.set()
+    for shopper in shoppers:
+        shopper.join(30)
+        assert not shopper.is_alive()
+        assert shopper.unexpected == []
+    return [event_id for shopper in shoppers for event_id in shopper.committed]

@@ -44,8 +44,11 @@ import pytest
 from live import (
     Copy,
     delivered_copies,
+    finish,
     free_port,
+    last_delivered_request,
     raw_events,
+    shop,
     wait_until,
     wait_until_serving,
 )
@@ -170,60 +173,7 @@ def servers(fake: FakeGraphAPI, outbox: Path, tmp_path: Path) -> Iterator[Server
 # -- load ------------------------------------------------------------------------------------
 
 
-class Shopper(threading.Thread):
-    """Buys in a loop until stopped or the server dies; keeps the event_id of every 200."""
-
-    def __init__(self, base: str, tag: str) -> None:
-        super().__init__(name=f"shopper-{tag}", daemon=True)
-        self.base = base
-        self.tag = tag
-        self.committed: list[str] = []
-        self.unexpected: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            n = 0
-            while not self.halt.is_set():
-                n += 1
-                try:
-                    response = client.post(f"/buy?n={self.tag}-{n}")
-                except httpx.TransportError:
-                    return  # killed: this request's commit may or may not have happened
-                doc = response.json() if response.status_code == 200 else None
-                if doc is not None and doc["status"] == "queued":
-                    self.committed.append(doc["event_id"])
-                else:
-                    self.unexpected.append(f"{response.status_code} {response.text[:200]}")
-
-
-def shop(servers: list[Server], tag: str) -> list[Shopper]:
-    shoppers = [Shopper(s.base, f"{tag}-{i}") for i, s in enumerate(servers)]
-    for shopper in shoppers:
-        shopper.start()
-    return shoppers
-
-
-def finish(shoppers: list[Shopper]) -> list[str]:
-    for shopper in shoppers:
-        shopper.halt.set()
-    for shopper in shoppers:
-        shopper.join(30)
-        assert not shopper.is_alive()
-        assert shopper.unexpected == []
-    return [event_id for shopper in shoppers for event_id in shopper.committed]
-
-
 # -- what the fake and the file hold ----------------------------------------------------------
-
-
-def last_delivered_request(fake: FakeGraphAPI, sender: str) -> int | None:
-    indexes = [
-        i
-        for i, r in enumerate(fake.requests)
-        if r.status == 200 and r.json().get("partner_agent") == sender
-    ]
-    return max(indexes) if indexes else None
 
 
 def rows_in(outbox: Path, table: str = "events") -> list[str]:
@@ -350,7 +300,7 @@ def test_sigkill_at_random_moments_loses_no_committed_event(
     for k in range(rounds):
         name = f"round-{k}"
         server = servers.start(name, lease_seconds=str(LEASE_SECONDS))
-        shoppers = shop([server, server], name)
+        shoppers = shop([server.base, server.base], name)
         # The kill lands at a random point of the work: after a random number of purchases.
         target = rng.randint(5, 100)
         assert wait_until(lambda: sum(len(s.committed) for s in shoppers) >= target), server.logs()
@@ -450,7 +400,7 @@ def test_two_processes_share_the_outbox_and_the_survivor_takes_over_a_killed_one
     fake.latency = 0.02
     a = servers.start("worker-a", lease_seconds=str(LEASE_SECONDS))
     b = servers.start("worker-b", lease_seconds=str(LEASE_SECONDS))
-    shoppers_a, shoppers_b = shop([a, a], "a"), shop([b, b], "b")
+    shoppers_a, shoppers_b = shop([a.base, a.base], "a"), shop([b.base, b.base], "b")
     everyone = shoppers_a + shoppers_b
     assert wait_until(lambda: all(len(s.committed) >= 10 for s in everyone)), b.logs()
     held = kill_while_a_batch_is_held(fake, a)

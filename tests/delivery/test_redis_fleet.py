@@ -23,7 +23,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -36,7 +35,16 @@ import httpx
 import pytest
 import redis
 from conftest import RedisServer
-from live import delivered_copies, free_port, wait_until, wait_until_serving
+from live import (
+    Shopper,
+    delivered_copies,
+    finish,
+    free_port,
+    last_delivered_request,
+    shop,
+    wait_until,
+    wait_until_serving,
+)
 
 from capi_middleware.testing import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
@@ -162,55 +170,7 @@ def fleet(fake: FakeGraphAPI, redis_server: RedisServer, tmp_path: Path) -> Iter
 
 # -- load ------------------------------------------------------------------------------------
 
-
-class Shopper(threading.Thread):
-    """Buys in a loop until stopped or its host dies; keeps the event_id of every 200."""
-
-    def __init__(self, base: str, tag: str) -> None:
-        super().__init__(name=f"shopper-{tag}", daemon=True)
-        self.base = base
-        self.tag = tag
-        self.committed: list[str] = []
-        self.unexpected: list[str] = []
-        self.slowest = 0.0
-        self.took: list[float] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            n = 0
-            while not self.halt.is_set():
-                n += 1
-                started = time.monotonic()
-                try:
-                    response = client.post(f"/buy?n={self.tag}-{n}")
-                except httpx.TransportError:
-                    return  # killed: this request's commit may or may not have happened
-                self.took.append(time.monotonic() - started)
-                self.slowest = max(self.slowest, self.took[-1])
-                doc = response.json() if response.status_code == 200 else None
-                if doc is not None and doc["status"] == "queued":
-                    self.committed.append(doc["event_id"])
-                else:
-                    self.unexpected.append(f"{response.status_code} {response.text[:200]}")
-                time.sleep(0.002)  # a shop's pace, not a benchmark's: leave the CPU to the hosts
-
-
-def shop(hosts: list[Host], tag: str) -> list[Shopper]:
-    shoppers = [Shopper(h.base, f"{tag}-{i}") for i, h in enumerate(hosts)]
-    for shopper in shoppers:
-        shopper.start()
-    return shoppers
-
-
-def finish(shoppers: list[Shopper]) -> list[str]:
-    for shopper in shoppers:
-        shopper.halt.set()
-    for shopper in shoppers:
-        shopper.join(30)
-        assert not shopper.is_alive()
-        assert shopper.unexpected == []
-    return [event_id for shopper in shoppers for event_id in shopper.committed]
+PACE = 0.002  # seconds between a shopper's purchases: leave the CPU to the hosts
 
 
 def committed_count(shoppers: list[Shopper]) -> int:
@@ -224,13 +184,9 @@ def assert_only_in_flight_duplicates(fake: FakeGraphAPI, killed: list[str]) -> i
     """Every copy but an event's last came from a killed host's last batch, byte for byte."""
     last_batch: dict[int, str] = {}
     for name in killed:
-        indexes = [
-            i
-            for i, r in enumerate(fake.requests)
-            if r.status == 200 and r.json().get("partner_agent") == name
-        ]
-        if indexes:
-            last_batch[max(indexes)] = name
+        last = last_delivered_request(fake, name)
+        if last is not None:
+            last_batch[last] = name
     resent = 0
     for event_id, found in delivered_copies(fake).items():
         for copy in found[1:]:
@@ -275,7 +231,7 @@ def test_three_hosts_share_one_stream_and_a_killed_host_loses_nothing(
     for k in range(10):
         for host in hosts:
             host.wait_ready()  # the last round's replacement
-        shoppers = shop(hosts, f"r{k}")
+        shoppers = shop([h.base for h in hosts], f"r{k}", PACE)
         # A random moment mid-stream (what is tested): after a random number of purchases.
         target = rng.randint(6, 40)
         assert wait_until(lambda: committed_count(shoppers) >= target)
@@ -319,7 +275,7 @@ def test_redis_restarted_mid_stream_with_aof_loses_nothing_acknowledged(
     try:
         hosts = fleet.start("host-0", "host-1")
         fake.latency = 0.2  # events pile up in the stream while Redis restarts
-        shoppers = shop(hosts, "restart")
+        shoppers = shop([h.base for h in hosts], "restart", PACE)
         assert wait_until(lambda: committed_count(shoppers) >= 40)
         private_redis.crash()  # SIGKILL: only what the AOF holds survives
         private_redis.start()
@@ -344,7 +300,7 @@ def test_redis_stopped_for_ten_seconds_under_load_fails_and_slows_no_request(
     fleet = make_fleet(fake, private_redis, tmp_path)
     try:
         (host,) = fleet.start("host-0")
-        shoppers = shop([host, host], "outage")
+        shoppers = shop([host.base, host.base], "outage", PACE)
         assert wait_until(lambda: committed_count(shoppers) >= 20)
         private_redis.stop()
         stopped_at = time.monotonic()
@@ -357,7 +313,7 @@ def test_redis_stopped_for_ten_seconds_under_load_fails_and_slows_no_request(
         private_redis.start()
         committed = finish(shoppers)
         assert bought_during > 50  # the shop kept selling
-        slowest = max(s.slowest for s in shoppers)
+        slowest = max(t for s in shoppers for t in s.took)
         took = sorted(t for s in shoppers for t in s.took)
         p99 = took[int(len(took) * 0.99)]
         assert p99 < REQUEST_BOUND, f"p99 of purchases {p99:.3f}s"
