@@ -17,17 +17,16 @@ Times are wall-clock ``time.time()`` seconds, as in every store.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from capi_middleware.delivery import store_hooks
 from capi_middleware.delivery.redis_codec import ENTRY_FIELDS, parse_entry
 from capi_middleware.delivery.redis_layout import ALL_PIXELS
 from capi_middleware.delivery.redis_link import RedisLink, consumer_name, describe, prefix_of
@@ -53,9 +52,6 @@ class _Claimed:
         e = self.event
         stored = (local_id, e.pixel_id, e.payload, e.event_id, e.event_time)
         return StoredEvent(*stored, e.action_source, self.attempts)
-
-
-_LIVE_STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
 
 class RedisStore:
@@ -146,7 +142,7 @@ class RedisStore:
         self._wait_timeout = float(wait_timeout)
         self._closed = False
         self._init_process_state()
-        _LIVE_STORES.add(self)
+        store_hooks.register(self)
         # One reading now, so a sender created at start-up sees what an earlier run left in the
         # stream and starts sending it without waiting for traffic.
         self._outbound.refresh()
@@ -310,7 +306,12 @@ class RedisStore:
             )
         with contextlib.suppress(Exception):
             self._link.close()
-        _LIVE_STORES.discard(self)
+        store_hooks.forget(self)
+
+    def flush_at_exit(self) -> None:
+        """Commit what is pending if this process's store is open (`store_hooks`' exit hook)."""
+        if self._pid == os.getpid() and not self._closed:
+            self.flush(timeout=2.0)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event put so far reached Redis (or memory); True if so."""
@@ -485,21 +486,3 @@ class RedisStore:
             self._link.requeue(held)
         except self._errors as exc:
             self._outbound.failed("hand back", exc)
-
-
-def _flush_all_at_exit() -> None:
-    """Add what is pending in every open store when the interpreter exits (not a close)."""
-    for store in list(_LIVE_STORES):
-        with contextlib.suppress(Exception):
-            if store._pid == os.getpid() and not store._closed:
-                store.flush(timeout=2.0)
-
-
-def _reopen_all_in_child() -> None:
-    for store in list(_LIVE_STORES):
-        store.reopen_after_fork()
-
-
-atexit.register(_flush_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reopen_all_in_child)

@@ -24,7 +24,6 @@ process and are shared between processes.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
@@ -32,11 +31,11 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capi_middleware.delivery import store_hooks
 from capi_middleware.delivery.outbox_rows import (
     CLAIM_DUE,
     DEAD_FROM_EVENT,
@@ -65,7 +64,6 @@ logger = logging.getLogger("capi_middleware.delivery")
 # and closing one there could checkpoint or delete the parent's WAL, so they are kept alive here
 # and never touched again (https://www.sqlite.org/howtocorrupt.html section 2.6).
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
-_LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
 class SQLiteStore(OutboxWriter):
@@ -146,7 +144,7 @@ class SQLiteStore(OutboxWriter):
         self._log = OnceLog()
         self._closed = False
         self._init_process_state()
-        _LIVE_STORES.add(self)
+        store_hooks.register(self)
         with self._db_lock:
             self._open_or_fall_back()
 
@@ -448,6 +446,11 @@ class SQLiteStore(OutboxWriter):
                     candidates.extend(float(v) for v in (waiting, leased) if v is not None)
         return min(candidates) if candidates else None
 
+    def flush_at_exit(self) -> None:
+        """Commit what is pending if this process's store is open (`store_hooks`' exit hook)."""
+        if self._pid == os.getpid() and not self._closed:
+            self.flush(timeout=2.0)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event put so far is committed (or held in memory); True if so."""
         self._check_fork()
@@ -496,7 +499,7 @@ class SQLiteStore(OutboxWriter):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-        _LIVE_STORES.discard(self)
+        store_hooks.forget(self)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, durable={self.durable})"
@@ -537,25 +540,3 @@ class SQLiteStore(OutboxWriter):
             return None
         name = body.get("event_name") if isinstance(body, dict) else None
         return Prepared(event, text, name if isinstance(name, str) else "", now)
-
-
-def _flush_all_at_exit() -> None:
-    """Commit what is pending in every open store when the interpreter exits.
-
-    Only a flush, not a close: the sender's own exit handler may still put events and close the
-    store after this runs (atexit handlers run last-registered first).
-    """
-    for store in list(_LIVE_STORES):
-        with contextlib.suppress(Exception):
-            if store._pid == os.getpid() and not store._closed:
-                store.flush(timeout=2.0)
-
-
-def _reopen_all_in_child() -> None:
-    for store in list(_LIVE_STORES):
-        store.reopen_after_fork()
-
-
-atexit.register(_flush_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reopen_all_in_child)
