@@ -8,17 +8,16 @@ The slow and huge answers come from a real HTTP server on 127.0.0.1 that writes 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from built_events import make_event
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import Sender
@@ -26,19 +25,6 @@ from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeGraphAPI
 
 WAIT = 10.0
-EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
-
-
-def _event() -> dict[str, Any]:
-    return {
-        "event_name": "Purchase",
-        "event_time": int(time.time()),
-        "event_id": uuid.uuid4().hex,
-        "action_source": "website",
-        "event_source_url": "https://shop.example/checkout",
-        "user_data": {"em": [EMAIL_HASH], "client_user_agent": "pytest"},
-        "custom_data": {"value": 12.5, "currency": "USD"},
-    }
 
 
 def _balanced(stats: DeliveryStats) -> DeliveryStats:
@@ -187,7 +173,7 @@ def test_an_answer_dripped_slowly_is_cut_at_the_requests_deadline(
         closing.append(sender)
         caplog.set_level(logging.WARNING, "capi_middleware")
         started = time.monotonic()
-        assert sender.submit(_event()).ok
+        assert sender.submit(make_event()).ok
         assert sender.flush(3.0), "the dripping answer held the sender past its deadline"
         assert time.monotonic() - started < 3.0
         stats = _balanced(sender.stats())
@@ -217,7 +203,7 @@ def test_a_complete_answer_that_arrives_after_the_deadline_still_counts(
     with RawServer([late]) as server:
         sender = _sender(server.url, timeout=0.5)
         closing.append(sender)
-        assert sender.submit(_event()).ok
+        assert sender.submit(make_event()).ok
         assert sender.flush(WAIT)
         stats = _balanced(sender.stats())
         assert (stats.delivered, stats.retried) == (1, 0)
@@ -235,7 +221,7 @@ def test_a_huge_answer_is_not_read_past_the_cap(
         sender = _sender(server.url, timeout=5.0)
         closing.append(sender)
         caplog.set_level(logging.WARNING, "capi_middleware")
-        assert sender.submit(_event()).ok
+        assert sender.submit(make_event()).ok
         assert sender.flush(WAIT)
         stats = _balanced(sender.stats())
         assert (stats.delivered, stats.retried) == (1, 1)
@@ -275,7 +261,7 @@ def test_an_unparseable_answer_is_retried_and_logged_once_with_its_size(
     sender = _sender(fake_graph.url)
     closing.append(sender)
     caplog.set_level(logging.DEBUG, "capi_middleware")
-    event = _event()
+    event = make_event()
     assert sender.submit(event).ok
     assert sender.flush(WAIT)
     stats = _balanced(sender.stats())
@@ -298,7 +284,7 @@ def test_a_huge_retry_after_is_capped_at_an_hour_and_the_cap_is_logged(
     sender = _sender(fake_graph.url)
     closing.append(sender)
     caplog.set_level(logging.WARNING, "capi_middleware")
-    assert sender.submit(_event()).ok
+    assert sender.submit(make_event()).ok
     assert fake_graph.wait_for_requests(1, WAIT)
     deadline = time.monotonic() + WAIT
     while sender.stats().pause_reason != "rate_limited" and time.monotonic() < deadline:

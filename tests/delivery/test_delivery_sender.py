@@ -6,7 +6,6 @@ Waits are bounded polls and events (never a bare sleep that asserts timing).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from built_events import EMAIL_HASH, make_event
 from live import wait_until
 
 from capi_middleware.config import CAPIConfig, Destination
@@ -27,28 +27,9 @@ from capi_middleware.delivery.stats import DeliveryStats
 from capi_middleware.delivery.store import NewEvent
 from capi_middleware.testing.fake import FAKE_PIXEL_ID, FakeGraphAPI
 
-EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
 APP_SECRET = "app-secret-never-logged"
 WAIT = 10.0
 SENDER_THREAD = "capi-middleware-sender"  # the worker's name, as thread dumps show it
-
-
-def make_event(
-    event_id: str | None = None,
-    *,
-    age: float = 0,
-    name: str = "Purchase",
-    action_source: str = "website",
-) -> dict[str, Any]:
-    return {
-        "event_name": name,
-        "event_time": int(time.time() - age),
-        "event_id": event_id or uuid.uuid4().hex,
-        "action_source": action_source,
-        "event_source_url": "https://shop.example/checkout",
-        "user_data": {"em": [EMAIL_HASH], "client_user_agent": "pytest"},
-        "custom_data": {"value": 12.5, "currency": "USD"},
-    }
 
 
 def assert_balanced(stats: DeliveryStats) -> DeliveryStats:

@@ -13,13 +13,12 @@ import logging
 import os
 import sqlite3
 import stat
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from built_events import make_event
 
 from capi_middleware.config import CAPIConfig
 from capi_middleware.delivery.sender import Sender
@@ -28,19 +27,6 @@ from capi_middleware.testing.fake import FAKE_ACCESS_TOKEN, FAKE_PIXEL_ID, FakeG
 from capi_middleware.wsgi import CAPIWSGIMiddleware
 
 WAIT = 10.0
-EMAIL_HASH = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
-
-
-def _event() -> dict[str, Any]:
-    return {
-        "event_name": "Purchase",
-        "event_time": int(time.time()),
-        "event_id": uuid.uuid4().hex,
-        "action_source": "website",
-        "event_source_url": "https://shop.example/checkout",
-        "user_data": {"em": [EMAIL_HASH], "client_user_agent": "pytest"},
-        "custom_data": {"value": 12.5, "currency": "USD"},
-    }
 
 
 def _send_through_outbox(fake: FakeGraphAPI, outbox: Path, n: int = 2) -> Sender:
@@ -55,7 +41,7 @@ def _send_through_outbox(fake: FakeGraphAPI, outbox: Path, n: int = 2) -> Sender
         )
     )
     for _ in range(n):
-        assert sender.submit(_event()).ok
+        assert sender.submit(make_event()).ok
     assert sender.flush(WAIT)
     assert sender.close(5)
     assert sender.stats().delivered == n
