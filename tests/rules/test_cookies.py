@@ -715,4 +715,5 @@ def test_plan_mints_fbp_and_refreshes_a_valid_fbc() -> None:
     assert result.fbp is not None
     assert result.minted == (sc(FBP_COOKIE, result.fbp),)
     assert result.refresh == (sc(FBC_COOKIE, FBC_OLD),)
-    assert result.set_cookie == result.minted + result.refresh
+    # A page load gets both: the new one first.
+    assert result.set_cookie == (sc(FBP_COOKIE, result.fbp), sc(FBC_COOKIE, FBC_OLD))
